@@ -1,0 +1,1 @@
+"""A realistic Flask app that needs a graceful shutdown; see app.py."""

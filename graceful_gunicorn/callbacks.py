@@ -1,0 +1,198 @@
+"""Registering shutdown callbacks and running one of them within its timeout.
+
+The hook policy, in one place:
+
+- within a phase, callbacks run newest first (like ``atexit`` and Flask's
+  teardown functions);
+- every callback runs, whatever the one before it did;
+- a callback that raises (``SystemExit`` included) is logged with its name and
+  traceback; one that overruns its timeout is logged and abandoned;
+- nothing is ever raised out of a shutdown.
+
+Each callback runs in a daemon thread of its own (a greenlet under gevent), so
+that a callback that blocks forever can be abandoned and cannot hold the
+process open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Collection, TypeVar
+
+from .context import REASONS, Phase, Reason, ShutdownContext
+from .report import CallbackResult, Outcome
+
+Callback = Callable[..., Any]
+"""A callable taking no argument or one :class:`ShutdownContext`; sync or ``async``."""
+
+CallbackT = TypeVar("CallbackT", bound=Callback)
+
+Invoker = Callable[[Callable[[], Any]], Any]
+"""Runs a zero-argument callable inside whatever context the framework needs."""
+
+_HEARTBEAT_INTERVAL = 0.5
+
+
+def callback_name(func: Callback) -> str:
+    """The name logs and reports use for ``func``: ``module.qualname``."""
+    module = getattr(func, "__module__", None) or "?"
+    qualname = getattr(func, "__qualname__", None) or repr(func)
+    return f"{module}.{qualname}"
+
+
+def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
+    """Validate a timeout in seconds: ``None`` or a finite number >= 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds >= 0, got {timeout!r}")
+    if math.isnan(timeout) or math.isinf(timeout) or timeout < 0:
+        raise ValueError(f"{what} must be a number of seconds >= 0, got {timeout!r}")
+    return float(timeout)
+
+
+def _takes_context(func: Callback) -> bool:
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # some builtins have no signature
+        return False
+    positional = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    if len(positional) > 1:
+        raise TypeError(
+            f"shutdown callback {callback_name(func)} must take no argument or one "
+            f"(a ShutdownContext), but it requires {len(positional)}"
+        )
+    return len(positional) == 1
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One registered callback and the options it was registered with."""
+
+    func: Callback
+    phase: Phase
+    timeout: float | None
+    reasons: frozenset[str] | None
+    takes_context: bool
+    name: str
+
+    @classmethod
+    def create(
+        cls,
+        func: Callback,
+        phase: Phase,
+        timeout: float | None,
+        reasons: Collection[str] | None,
+    ) -> Registration:
+        """Validate the arguments of a registration; raise ``TypeError``/``ValueError``."""
+        if not callable(func):
+            raise TypeError(f"{phase} expects a callable, got {func!r}")
+        timeout = check_timeout(timeout, f"{phase} timeout")
+        reason_set: frozenset[str] | None = None
+        if reasons is not None:
+            if isinstance(reasons, str):
+                reasons = {reasons}
+            reason_set = frozenset(reasons)
+            unknown = sorted(reason_set - REASONS)
+            if unknown or not reason_set:
+                raise ValueError(
+                    f"{phase} reasons must be a non-empty set of {sorted(REASONS)}, "
+                    f"got {sorted(reason_set)!r}"
+                )
+        return cls(func, phase, timeout, reason_set, _takes_context(func), callback_name(func))
+
+    def applies_to(self, reason: Reason) -> bool:
+        """Whether this callback runs for a shutdown of this ``reason``."""
+        return self.reasons is None or reason in self.reasons
+
+
+class _Outcome:
+    """Filled by the callback's thread, read by the waiting one."""
+
+    __slots__ = ("error", "done")
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+def _call(registration: Registration, ctx: ShutdownContext) -> None:
+    result = registration.func(ctx) if registration.takes_context else registration.func()
+    if inspect.isawaitable(result):
+        asyncio.run(_bounded(result, ctx))
+
+
+async def _bounded(awaitable: Awaitable[Any], ctx: ShutdownContext) -> None:
+    # wait_for cancels the coroutine at the deadline, so its `finally` blocks run.
+    await asyncio.wait_for(awaitable, timeout=ctx.remaining())
+
+
+def run_callback(
+    registration: Registration,
+    ctx: ShutdownContext,
+    invoke: Invoker,
+    logger: logging.Logger,
+    heartbeat: Callable[[], None],
+) -> CallbackResult:
+    """Run one callback until it returns or ``ctx.deadline`` passes; never raise."""
+    outcome = _Outcome()
+
+    def target() -> None:
+        try:
+            invoke(lambda: _call(registration, ctx))
+        except BaseException as exc:  # noqa: BLE001 - the policy: nothing escapes
+            outcome.error = exc
+        finally:
+            outcome.done.set()
+
+    started = time.monotonic()
+    thread = threading.Thread(
+        target=target, name=f"graceful:{registration.name}", daemon=True
+    )
+    thread.start()
+    while not outcome.done.wait(min(_HEARTBEAT_INTERVAL, ctx.remaining())):
+        heartbeat()
+        if ctx.remaining() <= 0:
+            break
+    duration = time.monotonic() - started
+    return _result(registration, outcome, duration, logger)
+
+
+def _result(
+    registration: Registration, outcome: _Outcome, duration: float, logger: logging.Logger
+) -> CallbackResult:
+    error = outcome.error
+    status: Outcome
+    if not outcome.done.is_set() or isinstance(error, asyncio.TimeoutError):
+        status = "timeout"
+        logger.error(
+            "graceful_gunicorn: %s callback %s timed out after %.2fs and was abandoned",
+            registration.phase,
+            registration.name,
+            duration,
+        )
+        return CallbackResult(registration.name, registration.phase, status, duration)
+    if error is not None:
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        logger.error(
+            "graceful_gunicorn: %s callback %s failed after %.2fs:\n%s",
+            registration.phase,
+            registration.name,
+            duration,
+            text.rstrip(),
+        )
+        return CallbackResult(
+            registration.name, registration.phase, "error", duration, f"{type(error).__name__}: {error}"
+        )
+    return CallbackResult(registration.name, registration.phase, "ok", duration)

@@ -1,0 +1,136 @@
+"""The Flask extension: ``@app.before_shutdown``, ``@app.on_shutdown``, ``@app.after_shutdown``.
+
+::
+
+    app = Flask(__name__)
+    graceful = GracefulShutdown(app)      # or GracefulShutdown() + init_app(app)
+
+    @app.on_shutdown(timeout=5)
+    def flush() -> None: ...              # runs inside app.app_context()
+
+The extension is a thin layer over :class:`~graceful_gunicorn.lifecycle.Lifecycle`:
+each app gets one lifecycle, kept in ``app.extensions["graceful_gunicorn"]``,
+and its ``wsgi_app`` is wrapped in the in-flight middleware.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Collection
+
+from flask import Flask, current_app, has_app_context
+
+from .callbacks import CallbackT
+from .context import Phase
+from .lifecycle import EXTENSION_KEY, Lifecycle
+
+
+def _in_app_context(app: Flask) -> Callable[[Callable[[], Any]], Any]:
+    def invoke(func: Callable[[], Any]) -> Any:
+        with app.app_context():
+            return func()
+
+    return invoke
+
+
+class GracefulShutdown:
+    """Give a Flask app a graceful shutdown lifecycle.
+
+    Callbacks registered on the extension apply to every app it is
+    initialised on; callbacks registered on an app (``@app.on_shutdown``)
+    apply to that app only.
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self._registrations: list[tuple[Phase, Callable[..., Any], dict[str, Any]]] = []
+        self._lifecycles: list[Lifecycle] = []
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Set up ``app``: its lifecycle, middleware and decorators."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "graceful_gunicorn is already set up on this app: call GracefulShutdown(app) "
+                "or init_app(app) once per app"
+            )
+        lifecycle = Lifecycle(invoke=_in_app_context(app))
+        app.extensions[EXTENSION_KEY] = lifecycle
+        app.wsgi_app = lifecycle.wrap(app.wsgi_app)  # type: ignore[method-assign]
+        for name in ("before_shutdown", "on_shutdown", "after_shutdown"):
+            setattr(app, name, getattr(lifecycle, name))
+        for phase, func, options in self._registrations:
+            lifecycle.register(phase, func, **options)
+        self._lifecycles.append(lifecycle)
+
+    def _register(
+        self,
+        phase: Phase,
+        func: CallbackT | None,
+        timeout: float | None,
+        reasons: Collection[str] | None,
+    ) -> Any:
+        def decorate(f: CallbackT) -> CallbackT:
+            for lifecycle in self._lifecycles:
+                lifecycle.register(phase, f, timeout=timeout, reasons=reasons)
+            if not self._lifecycles:  # validate now, even before init_app
+                Lifecycle().register(phase, f, timeout=timeout, reasons=reasons)
+            self._registrations.append((phase, f, {"timeout": timeout, "reasons": reasons}))
+            return f
+
+        return decorate(func) if func is not None else decorate
+
+    def before_shutdown(
+        self,
+        func: CallbackT | None = None,
+        *,
+        timeout: float | None = None,
+        reasons: Collection[str] | None = None,
+    ) -> Any:
+        """Register a phase-1 callback on every app of this extension."""
+        return self._register("before_shutdown", func, timeout, reasons)
+
+    def on_shutdown(
+        self,
+        func: CallbackT | None = None,
+        *,
+        timeout: float | None = None,
+        reasons: Collection[str] | None = None,
+    ) -> Any:
+        """Register a phase-2 callback on every app of this extension."""
+        return self._register("on_shutdown", func, timeout, reasons)
+
+    def after_shutdown(
+        self,
+        func: CallbackT | None = None,
+        *,
+        timeout: float | None = None,
+        reasons: Collection[str] | None = None,
+    ) -> Any:
+        """Register a phase-3 callback on every app of this extension."""
+        return self._register("after_shutdown", func, timeout, reasons)
+
+    def lifecycle(self, app: Flask | None = None) -> Lifecycle:
+        """The lifecycle of ``app``, else of the current app, else of the only app."""
+        if app is None and has_app_context():
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        if app is not None:
+            found = app.extensions.get(EXTENSION_KEY)
+            if not isinstance(found, Lifecycle):
+                raise RuntimeError("graceful_gunicorn is not set up on this app: call init_app(app)")
+            return found
+        if len(self._lifecycles) == 1:
+            return self._lifecycles[0]
+        raise RuntimeError(
+            "no app to choose: call inside an app context or pass the app "
+            f"({len(self._lifecycles)} apps use this extension)"
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """Requests the app is serving right now."""
+        return self.lifecycle().in_flight
+
+    @property
+    def draining(self) -> bool:
+        """True once the app's shutdown began."""
+        return self.lifecycle().draining

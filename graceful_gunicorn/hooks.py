@@ -1,0 +1,185 @@
+"""The gunicorn server hooks of graceful_gunicorn, and how they join a user's own.
+
+All of these run in the **master**. gunicorn takes one function per hook
+name from the config module, so a user who writes ``from
+graceful_gunicorn.conf import *`` and then defines ``when_ready`` shadows
+ours. Whichever of our hooks runs first (``nworkers_changed`` runs before
+any other, on start-up and on every reload) therefore chains every hook the
+user shadowed: ours first, then theirs, with gunicorn's exact arity.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import gunicorn
+
+from . import master_state
+from .lifecycle import find_lifecycle
+from .server_config import check_lifecycle_fits, graceful_worker_class, load_settings
+from .settings import SettingsError
+
+if TYPE_CHECKING:
+    from gunicorn.arbiter import Arbiter
+
+_CHAINED = "__graceful_gunicorn_chain__"
+_INSTALLED = "_graceful_gunicorn_installed"
+
+
+def nworkers_changed(server: Arbiter, new_value: int, old_value: int | None) -> None:
+    """Master: set graceful_gunicorn up on each (re)loaded config."""
+    _install(server)
+
+
+def on_starting(server: Arbiter) -> None:
+    """Master, before the listeners exist: set up, in case nworkers_changed was shadowed."""
+    _install(server)
+
+
+def when_ready(server: Arbiter) -> None:
+    """Master, before the first fork: share state with workers and take over stop signals."""
+    _install(server)
+    _check_preloaded_app(server)
+    _take_over_master_signals(server)
+
+
+def on_reload(server: Arbiter) -> None:
+    """Master, on SIGHUP before the new workers spawn: set up the new config."""
+    _install(server)
+
+
+_OUR_HOOKS: dict[str, tuple[int, Callable[..., None]]] = {
+    "nworkers_changed": (3, nworkers_changed),
+    "on_starting": (1, on_starting),
+    "when_ready": (1, when_ready),
+    "on_reload": (1, on_reload),
+}
+
+
+def _install(server: Arbiter) -> None:
+    """Once per gunicorn Config: check settings, pick the graceful worker, chain hooks."""
+    cfg = server.cfg
+    if getattr(cfg, _INSTALLED, False):
+        return
+    object.__setattr__(cfg, _INSTALLED, True)
+    first_start = master_state.current() is None
+    try:
+        settings, warnings = load_settings(cfg)
+        worker = graceful_worker_class(cfg)
+    except SettingsError as exc:
+        if first_start:
+            # gunicorn prints a RuntimeError as "Error: ..." and exits 1, before any fork.
+            raise RuntimeError(f"graceful_gunicorn: {exc}") from None
+        server.log.error("graceful_gunicorn: %s; the previous settings stay in force", exc)
+        return
+    for warning in warnings:
+        server.log.warning("graceful_gunicorn: %s", warning)
+    if worker is not None:
+        cfg.set("worker_class", worker)
+        server.worker_class = cfg.worker_class
+    _chain_shadowed_hooks(cfg)
+    _warn_old_gunicorn(server.log)
+    server.log.debug("graceful_gunicorn: %s", settings)
+
+
+def _chain_shadowed_hooks(cfg: Any) -> None:
+    for name, (arity, ours) in _OUR_HOOKS.items():
+        current = cfg.settings[name].get()
+        if current is ours or getattr(current, _CHAINED, False):
+            continue
+        cfg.set(name, _chain(name, arity, ours, current))
+
+
+def _chain(
+    name: str, arity: int, ours: Callable[..., None], theirs: Callable[..., Any]
+) -> Callable[..., None]:
+    # gunicorn checks a hook's positional arity exactly: no *args wrapper.
+    hook: Callable[..., None]
+    if arity == 1:
+
+        def hook(server: Any) -> None:
+            ours(server)
+            theirs(server)
+
+    else:
+
+        def hook(server: Any, new_value: Any, old_value: Any) -> None:  # type: ignore[misc]
+            ours(server, new_value, old_value)
+            theirs(server, new_value, old_value)
+
+    hook.__name__ = hook.__qualname__ = name
+    setattr(hook, _CHAINED, True)
+    return hook
+
+
+_warned_old_gunicorn = False
+
+
+def _warn_old_gunicorn(log: Any) -> None:
+    global _warned_old_gunicorn
+    if gunicorn.version_info < (23, 0) and not _warned_old_gunicorn:
+        _warned_old_gunicorn = True
+        log.warning(
+            "graceful_gunicorn: gunicorn %s has known HTTP request smuggling "
+            "vulnerabilities (fixed in 22.0 and 23.0); upgrade to gunicorn 23 or newer",
+            gunicorn.__version__,
+        )
+
+
+def _check_preloaded_app(server: Arbiter) -> None:
+    """With ``--preload`` the app is known before the fork: check its callbacks fit."""
+    if not server.cfg.preload_app:
+        return
+    lifecycle = find_lifecycle(server.app.wsgi())
+    if lifecycle is None:
+        return
+    settings, _ = load_settings(server.cfg)
+    lifecycle.callback_timeout = settings.shutdown_callback_timeout
+    try:
+        check_lifecycle_fits(lifecycle, settings, float(server.cfg.graceful_timeout))
+    except SettingsError as exc:
+        raise RuntimeError(f"graceful_gunicorn: {exc}") from None
+
+
+def _take_over_master_signals(server: Arbiter) -> None:
+    """Record why the master stops in shared memory, then let gunicorn go on.
+
+    gunicorn dispatches a queued signal to ``getattr(server, "handle_" + name)``,
+    so instance attributes replace its handlers (GUNICORN.md section 2.2). They
+    run in the master's main loop, not in signal context.
+    """
+    state = master_state.create()
+    if getattr(server, _INSTALLED, False):
+        return
+    object.__setattr__(server, _INSTALLED, True)
+    original_term, original_int = server.handle_term, server.handle_int
+    original_quit, original_hup = server.handle_quit, server.handle_hup
+
+    def handle_term() -> None:
+        state.begin_stop(master_state.STOP_TERMINATE, time.monotonic())
+        original_term()
+
+    def handle_int() -> None:
+        state.begin_stop(master_state.STOP_QUICK, time.monotonic())
+        original_int()
+
+    def handle_quit() -> None:
+        state.begin_stop(master_state.STOP_QUICK, time.monotonic())
+        original_quit()
+
+    def handle_hup() -> None:
+        state.next_generation()
+        original_hup()
+
+    server.handle_term = handle_term  # type: ignore[method-assign]
+    server.handle_int = handle_int  # type: ignore[method-assign]
+    server.handle_quit = handle_quit  # type: ignore[method-assign]
+    server.handle_hup = handle_hup  # type: ignore[method-assign]
+    server.log.info(
+        "graceful_gunicorn: graceful shutdown on (graceful_timeout=%ss)",
+        server.cfg.graceful_timeout,
+    )
+
+
+__all__ = ["nworkers_changed", "on_reload", "on_starting", "when_ready"]

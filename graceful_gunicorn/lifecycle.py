@@ -1,0 +1,475 @@
+"""The framework-neutral core: callbacks in three phases, and a drain between them.
+
+A plain WSGI application uses it directly::
+
+    lifecycle = Lifecycle()
+
+    @lifecycle.on_shutdown(timeout=5)
+    def flush() -> None: ...
+
+    application = lifecycle.wrap(wsgi_app)   # counts in-flight requests
+
+The gunicorn workers find the lifecycle through the application they load and
+run its :class:`ShutdownSequence` when they stop. This module imports neither
+Flask nor gunicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any, Callable, Collection, overload
+
+from .callbacks import (
+    Callback,
+    CallbackT,
+    Invoker,
+    Registration,
+    check_timeout,
+    run_callback,
+)
+from .context import PHASES, QUICK_REASONS, REASONS, Phase, Reason, ShutdownContext
+from .middleware import InFlight, InFlightMiddleware
+from .report import CallbackResult, PhaseResult, ShutdownReport
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+logger = logging.getLogger("graceful_gunicorn")
+
+#: How often the drain looks at the in-flight count. The count is cheap to read,
+#: and a short interval lets a worker exit right after its last request.
+DRAIN_POLL_INTERVAL = 0.005
+
+DEFAULT_CALLBACK_TIMEOUT = 5.0
+
+
+def _call_directly(func: Callable[[], Any]) -> Any:
+    return func()
+
+
+def _no_heartbeat() -> None:
+    pass
+
+
+class Lifecycle:
+    """The shutdown lifecycle of one WSGI application.
+
+    Callbacks are registered with :meth:`before_shutdown`, :meth:`on_shutdown`
+    and :meth:`after_shutdown`, bare or with ``timeout=`` and ``reasons=``;
+    each decorator returns the function unchanged. Within a phase they run
+    newest first; see :mod:`graceful_gunicorn.callbacks` for the policy.
+    """
+
+    def __init__(
+        self,
+        *,
+        callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT,
+        invoke: Invoker | None = None,
+    ) -> None:
+        #: Timeout of a callback registered without ``timeout=``.
+        self.callback_timeout = check_timeout(callback_timeout, "callback_timeout") or 0.0
+        #: The requests in flight through :meth:`wrap`.
+        self.requests = InFlight()
+        self._invoke = invoke or _call_directly
+        self._registrations: dict[Phase, list[Registration]] = {p: [] for p in PHASES}
+        self._sequence: ShutdownSequence | None = None
+
+    # -- registration ---------------------------------------------------------
+
+    def register(
+        self,
+        phase: Phase,
+        func: CallbackT,
+        *,
+        timeout: float | None = None,
+        reasons: Collection[str] | None = None,
+    ) -> CallbackT:
+        """Register ``func`` in ``phase``; return it unchanged."""
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {list(PHASES)}, got {phase!r}")
+        registration = Registration.create(func, phase, timeout, reasons)
+        if self._sequence is not None:
+            raise RuntimeError(
+                f"cannot register {registration.name} in {phase}: shutdown already began "
+                f"(reason {self._sequence.reason!r})"
+            )
+        self._registrations[phase].append(registration)
+        return func
+
+    def _decorator(
+        self,
+        phase: Phase,
+        func: CallbackT | None,
+        timeout: float | None,
+        reasons: Collection[str] | None,
+    ) -> Any:
+        if func is not None:
+            return self.register(phase, func, timeout=timeout, reasons=reasons)
+        # Validate the options now, not when the decorator is applied.
+        check_timeout(timeout, f"{phase} timeout")
+
+        def decorate(f: CallbackT) -> CallbackT:
+            return self.register(phase, f, timeout=timeout, reasons=reasons)
+
+        return decorate
+
+    @overload
+    def before_shutdown(self, func: CallbackT) -> CallbackT: ...
+    @overload
+    def before_shutdown(
+        self, *, timeout: float | None = None, reasons: Collection[str] | None = None
+    ) -> Callable[[CallbackT], CallbackT]: ...
+    def before_shutdown(
+        self,
+        func: CallbackT | None = None,
+        *,
+        timeout: float | None = None,
+        reasons: Collection[str] | None = None,
+    ) -> Any:
+        """Register a callback of phase 1: runs while the server still serves."""
+        return self._decorator("before_shutdown", func, timeout, reasons)
+
+    @overload
+    def on_shutdown(self, func: CallbackT) -> CallbackT: ...
+    @overload
+    def on_shutdown(
+        self, *, timeout: float | None = None, reasons: Collection[str] | None = None
+    ) -> Callable[[CallbackT], CallbackT]: ...
+    def on_shutdown(
+        self,
+        func: CallbackT | None = None,
+        *,
+        timeout: float | None = None,
+        reasons: Collection[str] | None = None,
+    ) -> Any:
+        """Register a callback of phase 2: runs after in-flight requests drained."""
+        return self._decorator("on_shutdown", func, timeout, reasons)
+
+    @overload
+    def after_shutdown(self, func: CallbackT) -> CallbackT: ...
+    @overload
+    def after_shutdown(
+        self, *, timeout: float | None = None, reasons: Collection[str] | None = None
+    ) -> Callable[[CallbackT], CallbackT]: ...
+    def after_shutdown(
+        self,
+        func: CallbackT | None = None,
+        *,
+        timeout: float | None = None,
+        reasons: Collection[str] | None = None,
+    ) -> Any:
+        """Register a callback of phase 3: the last word before the process exits."""
+        return self._decorator("after_shutdown", func, timeout, reasons)
+
+    def callbacks(self, phase: Phase, reason: Reason | None = None) -> list[Registration]:
+        """The callbacks of ``phase`` in the order they run (newest first)."""
+        registered = reversed(self._registrations[phase])
+        return [r for r in registered if reason is None or r.applies_to(reason)]
+
+    def timeout_of(self, registration: Registration) -> float:
+        """The timeout ``registration`` runs with: its own, else the default."""
+        if registration.timeout is not None:
+            return registration.timeout
+        return self.callback_timeout
+
+    def reserve(self, reason: Reason) -> float:
+        """Seconds the on_shutdown and after_shutdown callbacks of ``reason`` may take."""
+        return sum(
+            self.timeout_of(r)
+            for phase in ("on_shutdown", "after_shutdown")
+            for r in self.callbacks(phase, reason)
+        )
+
+    # -- requests -----------------------------------------------------------------
+
+    def wrap(self, app: WSGIApplication) -> InFlightMiddleware:
+        """Wrap ``app`` in the middleware that counts its in-flight requests."""
+        return InFlightMiddleware(app, self.requests, owner=self)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests in flight right now."""
+        return len(self.requests)
+
+    @property
+    def draining(self) -> bool:
+        """True once shutdown began: the process is going away."""
+        return self._sequence is not None
+
+    @property
+    def sequence(self) -> ShutdownSequence | None:
+        """The running or finished shutdown, or ``None`` while serving."""
+        return self._sequence
+
+    # -- shutdown -----------------------------------------------------------------
+
+    def begin_shutdown(
+        self,
+        reason: Reason,
+        *,
+        deadline: float,
+        heartbeat: Callable[[], None] = _no_heartbeat,
+        log: logging.Logger = logger,
+    ) -> ShutdownSequence:
+        """Start the shutdown (once): later calls return the same sequence.
+
+        ``deadline`` is the :func:`time.monotonic` time by which everything
+        must be over.
+        """
+        if reason not in REASONS:
+            raise ValueError(f"reason must be one of {sorted(REASONS)}, got {reason!r}")
+        if self._sequence is None:
+            self._sequence = ShutdownSequence(self, reason, deadline, heartbeat, log)
+        return self._sequence
+
+    def shutdown(
+        self,
+        reason: Reason = "terminate",
+        *,
+        timeout: float = 30.0,
+        heartbeat: Callable[[], None] = _no_heartbeat,
+        log: logging.Logger = logger,
+    ) -> ShutdownReport:
+        """Run the whole sequence in this thread and return its report.
+
+        For servers without a graceful worker (the development server) and for
+        tests: ``before_shutdown``, the drain, ``on_shutdown``, ``after_shutdown``,
+        all within ``timeout`` seconds. A quick reason skips the first two.
+        """
+        check_timeout(timeout, "timeout")
+        sequence = self.begin_shutdown(
+            reason, deadline=time.monotonic() + timeout, heartbeat=heartbeat, log=log
+        )
+        return sequence.run_all()
+
+
+class ShutdownSequence:
+    """One shutdown of one process, run step by step by the server.
+
+    The server calls the steps in order, doing its own work in between
+    (stopping its listeners, waiting for its loop)::
+
+        sequence.run_phase("before_shutdown", until=sequence.drain_deadline)
+        ...stop accepting...
+        sequence.drain(until=sequence.drain_deadline)
+        sequence.run_phase("on_shutdown", until=sequence.deadline)
+        sequence.run_phase("after_shutdown", until=sequence.deadline)
+        report = sequence.finish()
+
+    Each step logs one line; callbacks never raise out of it.
+    """
+
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        reason: Reason,
+        deadline: float,
+        heartbeat: Callable[[], None],
+        log: logging.Logger,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.reason: Reason = reason
+        self.started = time.monotonic()
+        #: Everything must be over by then.
+        self.deadline = deadline
+        #: The callbacks of phases 2 and 3 keep this much time for themselves.
+        self.reserved = min(lifecycle.reserve(reason), max(0.0, deadline - self.started))
+        #: The end of phase 1 and of the drain.
+        self.drain_deadline = deadline - self.reserved
+        self.heartbeat = heartbeat
+        self.log = log
+        self.report = ShutdownReport(
+            reason=reason, pid=os.getpid(), in_flight_at_start=lifecycle.in_flight
+        )
+        self._finished = False
+
+    @property
+    def quick(self) -> bool:
+        """Whether this shutdown skips phase 1 and the drain."""
+        return self.reason in QUICK_REASONS
+
+    def escalate(self, deadline: float) -> None:
+        """Turn this shutdown into a quick one that ends by ``deadline``.
+
+        Called when ``SIGINT``/``SIGQUIT`` arrive during a graceful stop: what
+        is left of phase 1 and of the drain is skipped.
+        """
+        if self.quick:
+            return
+        self.reason = "quick"
+        self.report.reason = "quick"
+        self.deadline = min(self.deadline, deadline)
+        self.drain_deadline = min(self.drain_deadline, time.monotonic())
+
+    def remaining(self) -> float:
+        """Seconds left until :attr:`deadline` (never negative)."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    def run_phase(self, phase: Phase, until: float | None = None) -> list[CallbackResult]:
+        """Run the callbacks of ``phase`` newest first, none past ``until``."""
+        until = self.deadline if until is None else min(until, self.deadline)
+        started = time.monotonic()
+        registered = self.lifecycle.callbacks(phase)
+        skip_phase = phase == "before_shutdown" and self.quick
+        results = []
+        for registration in registered:
+            skip_phase = skip_phase or (phase == "before_shutdown" and self.quick)
+            if skip_phase or not registration.applies_to(self.reason):
+                results.append(CallbackResult(registration.name, phase, "skipped", 0.0))
+                continue
+            now = time.monotonic()
+            if now >= until:
+                self.log.error(
+                    "graceful_gunicorn: %s callback %s skipped: no time left",
+                    phase,
+                    registration.name,
+                )
+                results.append(CallbackResult(registration.name, phase, "skipped", 0.0))
+                continue
+            ctx = ShutdownContext(
+                reason=self.reason,
+                phase=phase,
+                deadline=min(until, now + self.lifecycle.timeout_of(registration)),
+                _in_flight=lambda: self.lifecycle.in_flight,
+            )
+            results.append(
+                run_callback(registration, ctx, self.lifecycle._invoke, self.log, self.heartbeat)
+            )
+        duration = time.monotonic() - started
+        self.report.callbacks.extend(results)
+        self.report.phases.append(PhaseResult(phase, duration, skipped=skip_phase))
+        self._log_phase(phase, results, duration, skip_phase)
+        return results
+
+    def _log_phase(
+        self, phase: Phase, results: list[CallbackResult], duration: float, skipped: bool
+    ) -> None:
+        if skipped:
+            self.log.info("graceful_gunicorn: %s skipped (reason %s)", phase, self.reason)
+            return
+        counts = {o: sum(1 for r in results if r.outcome == o) for o in ("ok", "error", "timeout", "skipped")}
+        level = logging.INFO if counts["error"] == counts["timeout"] == 0 else logging.WARNING
+        self.log.log(
+            level,
+            "graceful_gunicorn: %s done in %.3fs: %d ok, %d failed, %d timed out, %d skipped",
+            phase,
+            duration,
+            counts["ok"],
+            counts["error"],
+            counts["timeout"],
+            counts["skipped"],
+        )
+
+    def drain(self, until: float | None = None, ready: Callable[[], bool] | None = None) -> bool:
+        """Wait until no request is in flight and ``ready()`` is true, or ``until``.
+
+        Returns whether the drain completed; on a deadline each request still
+        in flight is logged.
+        """
+        until = self.drain_deadline if until is None else min(until, self.deadline)
+        started = time.monotonic()
+        at_start = self.lifecycle.in_flight
+        last_beat = started
+        while self.lifecycle.in_flight or (ready is not None and not ready()):
+            now = time.monotonic()
+            if now >= min(until, self.drain_deadline):
+                break
+            if now - last_beat >= 0.5:
+                self.heartbeat()
+                last_beat = now
+            time.sleep(min(DRAIN_POLL_INTERVAL, until - now))
+        duration = time.monotonic() - started
+        left = self.lifecycle.requests.snapshot()
+        self.report.requests_drained += max(0, at_start - len(left))
+        self.report.requests_abandoned = len(left)
+        self.report.phases.append(PhaseResult("drain", duration))
+        if left:
+            self.log.warning(
+                "graceful_gunicorn: drain deadline passed after %.3fs with %d request(s) in flight",
+                duration,
+                len(left),
+            )
+            for request in left:
+                self.log.warning(
+                    "graceful_gunicorn: still in flight: %s %s (%.1fs)",
+                    request.method,
+                    request.path,
+                    request.seconds,
+                )
+            return False
+        self.log.info(
+            "graceful_gunicorn: drain done in %.3fs: %d request(s) completed",
+            duration,
+            at_start,
+        )
+        return True
+
+    def run_all(self) -> ShutdownReport:
+        """Every step in order, in this thread; the sequence for in-process servers."""
+        if not self.quick:
+            self.run_phase("before_shutdown", until=self.drain_deadline)
+            self.drain()
+        else:
+            self.run_phase("before_shutdown")
+        self.run_phase("on_shutdown")
+        self.run_phase("after_shutdown")
+        return self.finish()
+
+    def finish(self) -> ShutdownReport:
+        """Close the report and log its one-line summary."""
+        if not self._finished:
+            self._finished = True
+            self.report.duration = time.monotonic() - self.started
+            report = self.report
+            self.log.info(
+                "graceful_gunicorn: shutdown complete in %.3fs (reason %s): "
+                "%d request(s) drained, %d abandoned; callbacks %d ok, %d failed, "
+                "%d timed out, %d skipped",
+                report.duration,
+                report.reason,
+                report.requests_drained,
+                report.requests_abandoned,
+                report.count("ok"),
+                report.count("error"),
+                report.count("timeout"),
+                report.count("skipped"),
+            )
+        return self.report
+
+
+#: The key of the lifecycle in a framework's extension registry (``app.extensions``).
+EXTENSION_KEY = "graceful_gunicorn"
+
+_WRAPPED_APP_ATTRIBUTES = ("wsgi_app", "app", "application", "__wrapped__")
+
+
+def find_lifecycle(app: object, depth: int = 8) -> Lifecycle | None:
+    """Find the lifecycle that ``app`` was set up with, or ``None``.
+
+    Looks at ``app.extensions["graceful_gunicorn"]`` (Flask and similar),
+    at :class:`InFlightMiddleware` made by :meth:`Lifecycle.wrap`, and then
+    through the attributes middleware usually keep their application in.
+    """
+    for _ in range(depth):
+        if isinstance(app, Lifecycle):
+            return app
+        if isinstance(app, InFlightMiddleware) and isinstance(app.owner, Lifecycle):
+            return app.owner
+        extensions = getattr(app, "extensions", None)
+        if isinstance(extensions, dict):
+            found = extensions.get(EXTENSION_KEY)
+            if isinstance(found, Lifecycle):
+                return found
+        inner = next(
+            (getattr(app, a) for a in _WRAPPED_APP_ATTRIBUTES if getattr(app, a, None) is not None),
+            None,
+        )
+        if inner is None or inner is app:
+            return None
+        app = inner
+    return None
+
+
+__all__ = ["EXTENSION_KEY", "Lifecycle", "ShutdownSequence", "find_lifecycle"]

@@ -1,0 +1,134 @@
+"""WSGI middleware that knows exactly which requests are in flight.
+
+A request counts from the moment the middleware is called until the server
+calls ``close()`` on the response iterable, as PEP 3333 requires every server
+to do. Streaming responses, applications that raise, and clients that
+disconnect mid-response therefore all end at zero::
+
+    requests = InFlight()
+    app = InFlightMiddleware(app, requests)
+    ...
+    len(requests)        # requests being served right now
+    requests.snapshot()  # method, path, seconds in flight, serving thread
+
+The bookkeeping is one set insertion and one removal per request: both are
+atomic in CPython, so no lock is taken on the request path (a real lock would
+also block the gevent hub).
+
+A ``wsgi.file_wrapper`` response is returned as it is, with its ``close``
+hooked, so that gunicorn keeps sending it with ``sendfile()``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """A request in flight, as logs show it."""
+
+    method: str
+    path: str
+    seconds: float
+    thread_id: int
+
+
+class _Request:
+    """One request in flight; also the response iterable handed to the server."""
+
+    __slots__ = ("environ", "started", "thread_id", "iterable", "requests")
+
+    def __init__(self, environ: WSGIEnvironment, requests: InFlight) -> None:
+        self.environ = environ
+        self.started = time.monotonic()
+        self.thread_id = threading.get_ident()
+        self.iterable: Iterable[bytes] = ()
+        self.requests = requests
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.iterable)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.iterable, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.requests.active.discard(self)
+
+
+class InFlight:
+    """The requests this process is serving right now."""
+
+    def __init__(self) -> None:
+        self.active: set[Any] = set()
+
+    def __len__(self) -> int:
+        return len(self.active)
+
+    def snapshot(self) -> list[RequestInfo]:
+        """The requests in flight, oldest first."""
+        now = time.monotonic()
+        requests = sorted(list(self.active), key=lambda r: r.started)
+        return [
+            RequestInfo(
+                method=str(r.environ.get("REQUEST_METHOD", "?")),
+                path=str(r.environ.get("PATH_INFO", "?")),
+                seconds=now - r.started,
+                thread_id=r.thread_id,
+            )
+            for r in requests
+        ]
+
+
+class InFlightMiddleware:
+    """Count the requests of ``app`` in ``requests`` until their response is closed."""
+
+    def __init__(self, app: WSGIApplication, requests: InFlight, owner: Any = None) -> None:
+        self.app = app
+        self.requests = requests
+        #: The object that made this middleware (a ``Lifecycle``), for discovery.
+        self.owner = owner
+
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Serve one request, counting it until its response is closed."""
+        request = _Request(environ, self.requests)
+        self.requests.active.add(request)
+        try:
+            iterable = self.app(environ, start_response)
+        except BaseException:
+            self.requests.active.discard(request)
+            raise
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if file_wrapper is not None and isinstance(iterable, file_wrapper):
+            return _hook_close(iterable, request)
+        request.iterable = iterable
+        return request
+
+
+def _hook_close(file_response: Any, request: _Request) -> Any:
+    """Hook ``close`` of a file-wrapper response instead of wrapping it.
+
+    gunicorn only uses ``sendfile()`` when the response *is* its
+    ``FileWrapper``; a wrapper around it would be iterated block by block.
+    """
+    original = getattr(file_response, "close", None)
+
+    def close() -> None:
+        try:
+            if original is not None:
+                original()
+        finally:
+            request.requests.active.discard(request)
+
+    file_response.close = close
+    return file_response

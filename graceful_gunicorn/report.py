@@ -1,0 +1,55 @@
+"""What a shutdown did: one record per callback and per phase.
+
+The report is plain data so that it can be logged, compared in tests and
+turned into JSON with :meth:`ShutdownReport.as_dict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Outcome = Literal["ok", "error", "timeout", "skipped"]
+"""How one callback ended."""
+
+
+@dataclass(frozen=True)
+class CallbackResult:
+    """One callback's outcome: ``ok``, ``error``, ``timeout`` or ``skipped``."""
+
+    name: str
+    phase: str
+    outcome: Outcome
+    duration: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """One step of the sequence (a callback phase or the drain) and its duration."""
+
+    name: str
+    duration: float
+    skipped: bool = False
+
+
+@dataclass
+class ShutdownReport:
+    """Everything one process's shutdown did, in order."""
+
+    reason: str
+    pid: int
+    in_flight_at_start: int = 0
+    requests_drained: int = 0
+    requests_abandoned: int = 0
+    duration: float = 0.0
+    phases: list[PhaseResult] = field(default_factory=list)
+    callbacks: list[CallbackResult] = field(default_factory=list)
+
+    def count(self, outcome: Outcome) -> int:
+        """How many callbacks ended with ``outcome``."""
+        return sum(1 for result in self.callbacks if result.outcome == outcome)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready built-in types."""
+        return asdict(self)

@@ -1,0 +1,81 @@
+"""Reading graceful_gunicorn's settings and worker class out of gunicorn's ``Config``.
+
+gunicorn ignores names it does not know in a config module, so our settings
+(``shutdown_delay = 5``) are read here from the module gunicorn loaded, and
+from ``GRACEFUL_*`` environment variables. Used by the master at start-up and
+by each worker when it boots; imports gunicorn, never Flask.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Mapping
+
+from gunicorn.config import Config
+
+from .lifecycle import Lifecycle
+from .settings import Settings, SettingsError, safety_margin
+
+#: gunicorn's stock worker classes and the graceful subclass that replaces each.
+GRACEFUL_WORKERS = {
+    "gunicorn.workers.sync.SyncWorker": "graceful_gunicorn.workers.GracefulSync",
+    "gunicorn.workers.gthread.ThreadWorker": "graceful_gunicorn.workers.GracefulThread",
+    "gunicorn.workers.ggevent.GeventWorker": "graceful_gunicorn.workers.GracefulGevent",
+}
+
+# gunicorn runs a file config as the module "__config__" (all versions).
+_FILE_CONFIG_MODULE = "__config__"
+
+
+def config_namespace(cfg: Config) -> Mapping[str, Any]:
+    """The names of the config module gunicorn loaded (empty if none)."""
+    location = cfg.settings["config"].get()
+    module = None
+    if isinstance(location, str) and location.startswith("python:"):
+        module = sys.modules.get(location[len("python:") :])
+    if module is None:
+        module = sys.modules.get(_FILE_CONFIG_MODULE)
+    return vars(module) if module is not None else {}
+
+
+def load_settings(cfg: Config, environ: Mapping[str, str] | None = None) -> tuple[Settings, list[str]]:
+    """Our settings for this gunicorn config, checked against its ``graceful_timeout``."""
+    settings, warnings = Settings.load(config_namespace(cfg), os.environ if environ is None else environ)
+    settings.check_budget(float(cfg.graceful_timeout))
+    return settings, warnings
+
+
+def graceful_worker_class(cfg: Config) -> str | None:
+    """The dotted name of the graceful worker to use, or ``None`` if it is already one.
+
+    Raises :class:`SettingsError` for a worker class we cannot make graceful.
+    """
+    try:
+        worker_class = cfg.worker_class  # resolves "sync" + threads > 1 to gthread
+    except Exception as exc:  # an import error of the class itself
+        raise SettingsError(
+            f"worker_class {cfg.worker_class_str!r} cannot be loaded: {exc}"
+        ) from None
+    if getattr(worker_class, "graceful_gunicorn_worker", False):
+        return None
+    dotted = f"{worker_class.__module__}.{worker_class.__qualname__}"
+    if dotted in GRACEFUL_WORKERS:
+        return GRACEFUL_WORKERS[dotted]
+    raise SettingsError(
+        f"worker_class {cfg.worker_class_str!r} is not supported by graceful_gunicorn: "
+        "use sync, gthread or gevent (or graceful_gunicorn.workers.GracefulSync, "
+        "GracefulThread, GracefulGevent)"
+    )
+
+
+def check_lifecycle_fits(lifecycle: Lifecycle, settings: Settings, graceful_timeout: float) -> None:
+    """Raise :class:`SettingsError` if the app's callbacks cannot all fit in the budget."""
+    available = graceful_timeout - safety_margin(graceful_timeout)
+    worst = max(lifecycle.reserve(reason) for reason in ("terminate", "reload", "recycle"))
+    if worst > available:
+        raise SettingsError(
+            f"the on_shutdown and after_shutdown callbacks may take {worst:g} seconds, more than "
+            f"graceful_timeout={graceful_timeout:g} leaves ({available:g} after the safety "
+            "margin): raise graceful_timeout or lower the callbacks' timeouts"
+        )

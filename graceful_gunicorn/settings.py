@@ -1,0 +1,126 @@
+"""The package's own settings: names, defaults, sources and validation.
+
+Each setting can be given in the gunicorn config file, next to gunicorn's own
+settings, or as an environment variable named ``GRACEFUL_`` plus its name in
+capitals. The environment wins over the config file, as ``GUNICORN_CMD_ARGS``
+wins over the config file in gunicorn itself::
+
+    shutdown_delay = 5                           # gunicorn.conf.py
+    GRACEFUL_SHUTDOWN_DELAY=5 gunicorn ...       # environment
+
+Every value is checked at start-up; a bad one raises :class:`SettingsError`
+with one line that names the setting, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+ENV_PREFIX = "GRACEFUL_"
+
+#: A number of seconds larger than this is a mistake, not a plan.
+MAX_SECONDS = 86_400.0
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot work; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings of graceful_gunicorn."""
+
+    #: Seconds to keep serving, with readiness answering 503, after SIGTERM.
+    shutdown_delay: float = 0.0
+    #: Path answered by the middleware: 200 while serving, 503 once stopping.
+    readiness_path: str | None = None
+    #: Default timeout of one callback, in seconds.
+    shutdown_callback_timeout: float = 5.0
+    #: Budget of all callbacks on a quick stop (SIGINT/SIGQUIT) or an abort.
+    quick_shutdown_timeout: float = 2.0
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The setting names, as written in a config file."""
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def load(
+        cls, config: Mapping[str, Any], environ: Mapping[str, str]
+    ) -> tuple[Settings, list[str]]:
+        """Resolve the settings from a config module's names and the environment.
+
+        Returns the settings and warnings (unknown ``GRACEFUL_*`` variables).
+        """
+        values: dict[str, Any] = {}
+        for name in cls.names():
+            env_name = ENV_PREFIX + name.upper()
+            if env_name in environ:
+                values[name] = _parse(name, environ[env_name], env_name)
+            elif config.get(name) is not None:
+                values[name] = _parse(name, config[name], name)
+        known = {ENV_PREFIX + n.upper() for n in cls.names()}
+        warnings = [
+            f"unknown environment variable {key} ignored; graceful_gunicorn knows "
+            + ", ".join(sorted(known))
+            for key in sorted(environ)
+            if key.startswith(ENV_PREFIX) and key not in known
+        ]
+        return cls(**values), warnings
+
+    def check_budget(self, graceful_timeout: float, where: str = "graceful_timeout") -> None:
+        """Raise :class:`SettingsError` if the callbacks cannot fit in ``graceful_timeout``."""
+        available = graceful_timeout - safety_margin(graceful_timeout)
+        if self.shutdown_callback_timeout > available:
+            raise SettingsError(
+                f"shutdown_callback_timeout={self.shutdown_callback_timeout:g} does not fit in "
+                f"{where}={graceful_timeout:g}: it must be at most {available:g} seconds "
+                f"(raise {where} or lower shutdown_callback_timeout)"
+            )
+        if self.quick_shutdown_timeout > available:
+            raise SettingsError(
+                f"quick_shutdown_timeout={self.quick_shutdown_timeout:g} does not fit in "
+                f"{where}={graceful_timeout:g}: it must be at most {available:g} seconds "
+                f"(raise {where} or lower quick_shutdown_timeout)"
+            )
+
+
+def safety_margin(graceful_timeout: float) -> float:
+    """Seconds kept free before gunicorn's SIGKILL: 10% of the budget, at most 1 s."""
+    return min(1.0, 0.1 * graceful_timeout)
+
+
+def _parse(name: str, raw: Any, source: str) -> Any:
+    if name == "readiness_path":
+        return _parse_path(raw, source)
+    return _parse_seconds(raw, source)
+
+
+def _parse_seconds(raw: Any, source: str) -> float:
+    expected = f"a number of seconds between 0 and {MAX_SECONDS:g}"
+    if isinstance(raw, bool):
+        raise SettingsError(f"{source} must be {expected}, got {raw!r}")
+    try:
+        value = float(raw.strip() if isinstance(raw, str) else raw)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{source} must be {expected}, got {raw!r}") from None
+    if math.isnan(value) or not 0 <= value <= MAX_SECONDS:
+        raise SettingsError(f"{source} must be {expected}, got {raw!r}")
+    return value
+
+
+def _parse_path(raw: Any, source: str) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if (
+        not isinstance(raw, str)
+        or not raw.startswith("/")
+        or any(c.isspace() or c in "?#" for c in raw)
+    ):
+        raise SettingsError(
+            f"{source} must be a URL path starting with '/' without spaces, '?' or '#', "
+            f"got {raw!r}"
+        )
+    return raw

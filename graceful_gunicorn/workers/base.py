@@ -1,0 +1,137 @@
+"""The behaviour every graceful worker shares, mixed into gunicorn's own workers.
+
+The mixin overrides as little as it can and always calls ``super()``:
+
+- ``init_signals``: creates the shutdown coordinator before the handlers exist;
+- ``load_wsgi``: finds the app's lifecycle (or wraps the app in a fresh one);
+- ``run``: starts the coordinator, runs gunicorn's loop, waits for the shutdown;
+- ``handle_exit`` / ``handle_quit`` / ``handle_abort``: only record a flag.
+
+gunicorn's own handlers do real work in signal context (``worker_int``, a
+0.1 s sleep, ``sys.exit`` in the middle of a request; gthread's quick exit can
+deadlock on a lock the interrupted thread holds), which is exactly what a
+graceful shutdown must not do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from ..context import QUICK_REASONS
+from ..lifecycle import Lifecycle, find_lifecycle
+from ..server_config import check_lifecycle_fits, load_settings
+from ..settings import SettingsError
+from .coordinator import WorkerShutdown
+
+if TYPE_CHECKING:
+    from gunicorn.workers.base import Worker
+
+    _Base = Worker
+else:
+    _Base = object
+
+
+#: A quick-stop signal this soon after the first is the same stop, not a second one:
+#: Ctrl+C signals the whole process group, and the master then sends SIGQUIT too.
+SAME_STOP_WINDOW = 0.25
+
+
+class GracefulWorkerMixin(_Base):
+    """Gives a gunicorn worker class the graceful shutdown sequence."""
+
+    #: Lets graceful_gunicorn recognise its workers (and subclasses of them).
+    graceful_gunicorn_worker = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Runs in the master before the fork: nothing process-wide here.
+        super().__init__(*args, **kwargs)
+        self.graceful: WorkerShutdown | None = None
+
+    def init_signals(self) -> None:
+        """Create the coordinator first: our handlers need it."""
+        self.graceful = WorkerShutdown(self, float(self.cfg.graceful_timeout))
+        super().init_signals()
+
+    def load_wsgi(self) -> None:
+        """Load the app, then find its lifecycle or give it one."""
+        super().load_wsgi()
+        lifecycle = find_lifecycle(self.wsgi)
+        if lifecycle is None:
+            lifecycle = Lifecycle()
+            self.wsgi = lifecycle.wrap(self.wsgi)
+        settings, _ = load_settings(self.cfg)
+        lifecycle.callback_timeout = settings.shutdown_callback_timeout
+        try:
+            check_lifecycle_fits(lifecycle, settings, float(self.cfg.graceful_timeout))
+        except SettingsError as exc:
+            self.log.error("graceful_gunicorn: %s", exc)
+        assert self.graceful is not None  # created in init_signals, which runs first
+        self.graceful.attach(lifecycle, settings)
+
+    def run(self) -> None:
+        """Serve until told to stop, then wait for the shutdown sequence to end."""
+        assert self.graceful is not None
+        self.graceful.start()
+        try:
+            super().run()
+        except KeyboardInterrupt:
+            # Never let it reach gunicorn's Arbiter.run in the worker: it would
+            # call halt() there and signal the sibling workers.
+            raise SystemExit(0) from None
+        finally:
+            self.graceful.main_loop_finished()
+
+    # -- signal handlers: flags only ------------------------------------------------
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """SIGTERM: a graceful stop (terminate, reload or recycle)."""
+        if self.graceful is None:
+            super().handle_exit(sig, frame)
+            return
+        self.graceful.request(self.graceful.term_reason())
+
+    def handle_quit(self, sig: int, frame: FrameType | None) -> None:
+        """SIGINT/SIGQUIT: a quick stop; a second one exits at once."""
+        graceful = self.graceful
+        if graceful is None:
+            super().handle_quit(sig, frame)
+            return
+        if graceful.done.is_set() and not graceful.loop_finished.is_set():
+            # Sent by interrupt_main(): leave the request the main thread is stuck in.
+            raise SystemExit(0)
+        if graceful.requested in QUICK_REASONS:
+            if time.monotonic() - graceful.requested_at < SAME_STOP_WINDOW:
+                return  # Ctrl+C reaches every process of the group, then the master relays it
+            os.write(2, b"graceful_gunicorn: second quick stop signal, exiting now\n")
+            os._exit(0)
+        graceful.request("quick")
+
+    def handle_abort(self, sig: int, frame: FrameType | None) -> None:
+        """SIGABRT (worker timeout): log what is stuck, then the quick callbacks."""
+        graceful = self.graceful
+        if graceful is None:
+            super().handle_abort(sig, frame)
+            return
+        if graceful.done.is_set() and not graceful.loop_finished.is_set():
+            raise SystemExit(1)
+        graceful.request("abort")
+
+    # -- used by the coordinator thread ------------------------------------------
+
+    def stop_serving(self, drain_seconds: float) -> None:
+        """Stop accepting; gunicorn's own drain may take ``drain_seconds`` at most."""
+        # Each worker reads graceful_timeout when its drain starts; this copy of
+        # the config belongs to this process alone.
+        self.cfg.settings["graceful_timeout"].value = drain_seconds
+        super().handle_exit(signal.SIGTERM, None)
+        try:
+            os.write(self.PIPE[1], b".")  # wakes the sync worker's select()
+        except OSError:
+            pass
+
+    def interrupt_main(self) -> None:
+        """Make a main thread that is still inside a request leave it (sync worker)."""

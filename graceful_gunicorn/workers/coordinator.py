@@ -1,0 +1,215 @@
+"""One worker's shutdown, run in a thread of its own.
+
+gunicorn's worker signal handlers run in the main thread, in the middle of
+whatever it was doing (a request, on the sync worker). Ours therefore only
+record a flag and write one byte to a pipe (GUNICORN.md section 7.5); this
+coordinator thread wakes on that byte and runs the sequence:
+
+1. ``before_shutdown`` callbacks, while the worker still serves;
+2. stop serving: gunicorn's own stop, its drain shortened to our drain budget;
+3. drain: wait until no request is in flight and gunicorn's loop has returned;
+4. ``on_shutdown`` then ``after_shutdown`` callbacks, inside the remaining budget;
+5. make sure the process is gone before the master's deadline.
+
+A quick stop (``SIGINT``/``SIGQUIT``) and an abort (worker timeout) skip
+steps 1 and 3 and give step 4 ``quick_shutdown_timeout``. Every wait sends
+the master a heartbeat, so its ``timeout`` never kills a worker that is
+stopping on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Protocol
+
+from .. import master_state
+from ..context import QUICK_REASONS, Reason
+from ..lifecycle import Lifecycle, ShutdownSequence
+from ..settings import Settings, safety_margin
+
+if TYPE_CHECKING:
+    from gunicorn.glogging import Logger
+
+
+class StoppableWorker(Protocol):
+    """What the coordinator needs from a gunicorn worker."""
+
+    log: Logger
+
+    def notify(self) -> None: ...
+    def stop_serving(self, drain_seconds: float) -> None: ...
+    def interrupt_main(self) -> None: ...
+
+
+#: How long after its callbacks a worker may take to exit before it is ended
+#: with ``os._exit`` (a non-daemon thread, a hung ``worker_exit`` hook).
+EXIT_GRACE = 1.0
+
+
+class WorkerShutdown:
+    """Coordinates the shutdown of one worker process."""
+
+    def __init__(self, worker: StoppableWorker, graceful_timeout: float) -> None:
+        self.worker = worker
+        #: gunicorn's graceful_timeout as configured (the worker's copy is shortened later).
+        self.graceful_timeout = graceful_timeout
+        state = master_state.current()
+        self.generation = state.generation if state is not None else 0
+        self.lifecycle: Lifecycle | None = None
+        self.settings = Settings()
+        self.requested: Reason | None = None
+        self.requested_at = 0.0
+        self.sequence: ShutdownSequence | None = None
+        #: Set once the callbacks are over.
+        self.done = threading.Event()
+        #: Set once gunicorn's own loop has returned in the main thread.
+        self.loop_finished = threading.Event()
+        self._wake_read, self._wake_write = os.pipe()
+        for fd in (self._wake_read, self._wake_write):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+
+    def attach(self, lifecycle: Lifecycle, settings: Settings) -> None:
+        """Use ``lifecycle`` and ``settings`` (once the app is loaded)."""
+        self.lifecycle = lifecycle
+        self.settings = settings
+
+    # -- called from signal handlers: flags and one write, nothing else ----------
+
+    def request(self, reason: Reason) -> None:
+        """Ask for a shutdown; a quick reason during a graceful one escalates it."""
+        if self.requested is None:
+            self.requested_at = time.monotonic()
+            self.requested = reason
+        elif reason in QUICK_REASONS and self.requested not in QUICK_REASONS:
+            sequence = self.sequence
+            if sequence is not None:
+                sequence.escalate(time.monotonic() + self.settings.quick_shutdown_timeout)
+        try:
+            os.write(self._wake_write, b"!")
+        except OSError:  # the pipe is full: the coordinator is awake anyway
+            pass
+
+    def term_reason(self) -> Reason:
+        """Why this worker got SIGTERM, as the master recorded it."""
+        state = master_state.current()
+        if state is None:
+            return "terminate"
+        if state.stop_kind == master_state.STOP_TERMINATE:
+            return "terminate"
+        if state.stop_kind == master_state.STOP_QUICK:
+            return "quick"
+        if state.generation != self.generation:
+            return "reload"
+        return "recycle"
+
+    # -- the coordinator thread -------------------------------------------------
+
+    def start(self) -> None:
+        """Start the coordinator thread (in the worker, after the fork)."""
+        thread = threading.Thread(target=self._watch, name="graceful-shutdown", daemon=True)
+        thread.start()
+
+    def _watch(self) -> None:
+        while self.requested is None:
+            select.select([self._wake_read], [], [], 1.0)
+            try:
+                os.read(self._wake_read, 64)
+            except BlockingIOError:
+                pass
+        self._run(self.requested)
+
+    def _deadline(self, reason: Reason) -> float:
+        state = master_state.current()
+        margin = safety_margin(self.graceful_timeout)
+        started = self.requested_at
+        if state is not None and state.stop_kind != master_state.STOP_NONE and state.stop_at:
+            started = min(started, state.stop_at)  # the master's clock runs from its signal
+        master_deadline = started + self.graceful_timeout - margin
+        if reason in QUICK_REASONS:
+            return min(self.requested_at + self.settings.quick_shutdown_timeout, master_deadline)
+        return master_deadline
+
+    def _run(self, reason: Reason) -> None:
+        lifecycle = self.lifecycle or Lifecycle()
+        log = self.worker.log
+        sequence = lifecycle.begin_shutdown(
+            reason, deadline=self._deadline(reason), heartbeat=self.worker.notify, log=log
+        )
+        self.sequence = sequence
+        try:
+            log.info(
+                "graceful_gunicorn: shutdown started (reason %s, pid %s): %.2fs left, "
+                "%d request(s) in flight, drain until %.2fs, %.2fs kept for callbacks",
+                reason,
+                os.getpid(),
+                sequence.remaining(),
+                lifecycle.in_flight,
+                max(0.0, sequence.drain_deadline - time.monotonic()),
+                sequence.reserved,
+            )
+            if reason == "abort":
+                self._log_requests_with_stacks()
+            # 1. before_shutdown, while the worker still serves
+            sequence.run_phase("before_shutdown", until=sequence.drain_deadline)
+            # 2. stop serving; gunicorn drains its connections within our drain budget
+            drain_seconds = 0.0 if sequence.quick else sequence.drain_deadline - time.monotonic()
+            self.worker.stop_serving(max(0.0, drain_seconds))
+            # 3. drain (not on a quick stop)
+            if not sequence.quick:
+                sequence.drain(ready=self.loop_finished.is_set)
+            # 4. release resources, then the last word
+            sequence.run_phase("on_shutdown")
+            sequence.run_phase("after_shutdown")
+            sequence.finish()
+        except BaseException:  # noqa: BLE001 - a bug here must not keep the worker alive
+            log.exception("graceful_gunicorn: shutdown sequence failed")
+        finally:
+            self.done.set()
+        self._make_sure_we_exit(sequence)
+
+    def _log_requests_with_stacks(self) -> None:
+        lifecycle = self.lifecycle
+        requests = lifecycle.requests.snapshot() if lifecycle is not None else []
+        frames = sys._current_frames()
+        if not requests:
+            self.worker.log.error("graceful_gunicorn: worker timeout with no request in flight")
+        for request in requests:
+            frame = frames.get(request.thread_id)
+            stack = "".join(traceback.format_stack(frame)).rstrip() if frame else "(no stack)"
+            self.worker.log.error(
+                "graceful_gunicorn: worker timeout: %s %s in flight for %.1fs; its thread:\n%s",
+                request.method,
+                request.path,
+                request.seconds,
+                stack,
+            )
+
+    def _make_sure_we_exit(self, sequence: ShutdownSequence) -> None:
+        """5. The main thread may be stuck in a request; the process must still end."""
+        if not self.loop_finished.wait(0.05):
+            self.worker.interrupt_main()
+        exit_by = sequence.deadline + min(EXIT_GRACE, safety_margin(self.graceful_timeout))
+        while time.monotonic() < exit_by:
+            time.sleep(0.05)
+        self.worker.log.error(
+            "graceful_gunicorn: worker %s did not exit after its shutdown; ending it now",
+            os.getpid(),
+        )
+        os._exit(0)
+
+    # -- the main thread, after gunicorn's loop returned ------------------------
+
+    def main_loop_finished(self) -> None:
+        """Wait (with heartbeats) until the shutdown is over."""
+        self.loop_finished.set()
+        if self.requested is None:
+            # gunicorn left its loop by itself: max_requests, --reload, parent gone
+            self.request("recycle")
+        while not self.done.wait(0.25):
+            self.worker.notify()
