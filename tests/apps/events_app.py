@@ -1,0 +1,125 @@
+"""A test app that records every request and callback as a JSON line in $EVENTS_FILE.
+
+Requests to ``/hold/<key>`` and ``/stream/<key>`` stay in flight until the
+test creates ``$RELEASE_DIR/<key>``, so a test decides exactly when they end.
+``$MISBEHAVE`` (comma-separated) adds callbacks that hang, raise or are slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Iterator
+
+from flask import Flask, Response, has_app_context
+
+from graceful_gunicorn import GracefulShutdown, ShutdownContext
+
+app = Flask(__name__)
+graceful = GracefulShutdown(app)
+
+EVENTS_FILE = os.environ.get("EVENTS_FILE", os.devnull)
+RELEASE_DIR = os.environ.get("RELEASE_DIR", ".")
+MISBEHAVE = set(filter(None, os.environ.get("MISBEHAVE", "").split(",")))
+HOLD_LIMIT = 60.0
+
+
+def record(event: str, **fields: object) -> None:
+    """Append one event; O_APPEND keeps lines from several processes whole."""
+    line = json.dumps({"event": event, "pid": os.getpid(), "t": time.monotonic(), **fields})
+    fd = os.open(EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def wait_for_release(key: str) -> None:
+    deadline = time.monotonic() + HOLD_LIMIT
+    path = os.path.join(RELEASE_DIR, key)
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+@app.get("/hello")
+def hello() -> str:
+    return "hello\n"
+
+
+@app.get("/hold/<key>")
+def hold(key: str) -> str:
+    record("entered", key=key)
+    wait_for_release(key)
+    record("finished", key=key)
+    return f"held {key}\n" + "x" * 10_000
+
+
+@app.get("/stream/<key>")
+def stream(key: str) -> Response:
+    record("entered", key=key)
+
+    def generate() -> Iterator[str]:
+        yield f"first {key}\n"
+        wait_for_release(key)
+        for i in range(5):
+            yield f"chunk {i} {key}\n"
+        record("finished", key=key)
+
+    return Response(generate(), mimetype="text/plain")
+
+
+def _callback(phase: str, name: str):  # type: ignore[no-untyped-def]
+    def callback(ctx: ShutdownContext) -> None:
+        record(
+            "callback",
+            phase=phase,
+            name=name,
+            reason=ctx.reason,
+            in_flight=ctx.in_flight,
+            app_context=has_app_context(),
+        )
+
+    callback.__qualname__ = name
+    return callback
+
+
+app.before_shutdown(timeout=2)(_callback("before_shutdown", "b1"))
+app.on_shutdown(timeout=2)(_callback("on_shutdown", "o1"))
+app.on_shutdown(timeout=2)(_callback("on_shutdown", "o2"))
+
+
+@app.after_shutdown(timeout=2)
+async def a1(ctx: ShutdownContext) -> None:
+    await asyncio.sleep(0)
+    record("callback", phase="after_shutdown", name="a1", reason=ctx.reason, in_flight=ctx.in_flight,
+           app_context=has_app_context())
+
+
+if "hang" in MISBEHAVE:
+
+    @app.on_shutdown(timeout=1)
+    def hang() -> None:
+        record("callback", phase="on_shutdown", name="hang-start")
+        time.sleep(3600)
+
+if "raise" in MISBEHAVE:
+
+    @app.on_shutdown(timeout=1)
+    def boom() -> None:
+        raise RuntimeError("boom from a callback")
+
+if "slow" in MISBEHAVE:
+
+    @app.on_shutdown(timeout=6)
+    def slow_callback() -> None:
+        time.sleep(4)
+        record("callback", phase="on_shutdown", name="slow-done")
+
+if "hang_quick" in MISBEHAVE:
+
+    @app.on_shutdown(timeout=10)
+    def hang_quick() -> None:
+        record("callback", phase="on_shutdown", name="hang-start")
+        time.sleep(3600)

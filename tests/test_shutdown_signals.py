@@ -1,0 +1,248 @@
+"""Real gunicorn masters and workers, real signals, real HTTP on 127.0.0.1.
+
+Each scenario is run for the sync, gthread and gevent workers.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import WORKER_CLASSES
+from .server import Gunicorn, Response, http_get, wait_until
+
+APP = "tests.apps.events_app:app"
+GRACEFUL = ["-c", "python:graceful_gunicorn.conf"]
+
+
+def worker_args(worker_class: str, workers: int = 2) -> list[str]:
+    args = ["-k", worker_class, "-w", str(workers)]
+    if worker_class == "gthread":
+        args += ["--threads", "4"]
+    return args
+
+
+def in_flight_per_class(worker_class: str) -> int:
+    # Two sync workers serve one request each. One gthread worker may accept
+    # every connection, so no more than its 4 threads; gevent takes any number.
+    return {"sync": 2, "gthread": 4, "gevent": 6}[worker_class]
+
+
+def send_in_background(server: Gunicorn, paths: list[str]) -> tuple[list[Response], list[threading.Thread]]:
+    results: list[Response] = [Response(None, error="not done")] * len(paths)
+
+    def send(i: int, path: str) -> None:
+        results[i] = http_get(server.port, path)
+
+    threads = [threading.Thread(target=send, args=(i, p), daemon=True) for i, p in enumerate(paths)]
+    for thread in threads:
+        thread.start()
+    return results, threads
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_sigterm_completes_in_flight_requests_then_runs_callbacks(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. two workers hold plain and streaming requests 2. SIGTERM the master.
+
+    Result: every request ends 200 with its whole body; each worker runs
+    on_shutdown once, after its last request finished, in the app context,
+    newest first (o2 before o1); the master exits 0.
+    """
+    server = gunicorn([*GRACEFUL, *worker_args(worker_class), "--graceful-timeout", "20", APP])
+    server.wait_ready(workers=2)
+    count = in_flight_per_class(worker_class)
+    keys = [f"r{i}" for i in range(count)]
+    paths = [f"/hold/{k}" if i % 2 == 0 else f"/stream/{k}" for i, k in enumerate(keys)]
+    results, threads = send_in_background(server, paths)
+    wait_until(lambda: len(server.events("entered")) == count, 20, "all requests in flight")
+
+    server.signal(signal.SIGTERM)
+    wait_until(lambda: len(server.callbacks("before_shutdown")) == 2, 20, "before_shutdown")
+    time.sleep(0.2)  # not synchronisation: lets a wrong implementation run callbacks too early
+    busy = {e["pid"] for e in server.events("entered")}
+    early = [e for e in server.callbacks("on_shutdown") if e["pid"] in busy]
+    assert early == [], "on_shutdown ran while its worker had requests in flight"
+    for key in keys:
+        server.release(key)
+    assert server.wait_exit(30) == 0
+    for thread in threads:
+        thread.join(10)
+
+    assert [r.status for r in results] == [200] * count, [r.error for r in results]
+    for key, path, result in zip(keys, paths, results):
+        if path.startswith("/hold"):
+            assert result.body == f"held {key}\n".encode() + b"x" * 10_000
+        else:
+            assert result.body.decode().splitlines() == [f"first {key}"] + [
+                f"chunk {i} {key}" for i in range(5)
+            ]
+    on_shutdown = server.callbacks("on_shutdown")
+    worker_pids = {e["pid"] for e in server.callbacks("before_shutdown")}
+    assert {e["pid"] for e in on_shutdown} == worker_pids
+    for pid in worker_pids:
+        mine = [e for e in on_shutdown if e["pid"] == pid]
+        assert [e["name"] for e in mine] == ["o2", "o1"]
+        assert all(e["app_context"] and e["in_flight"] == 0 for e in mine)
+        assert all(e["reason"] == "terminate" for e in mine)
+    for pid in busy:
+        finished_at = max(float(e["t"]) for e in server.events("finished") if e["pid"] == pid)  # type: ignore[arg-type]
+        assert all(float(e["t"]) > finished_at for e in on_shutdown if e["pid"] == pid)  # type: ignore[arg-type]
+    assert len(server.callbacks("after_shutdown")) == 2
+    assert "graceful_gunicorn: drain done" in server.log()
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_sigint_right_after_writes_loses_none(
+    gunicorn: Callable[..., Gunicorn], worker_class: str, tmp_path: object
+) -> None:
+    """1. 200 acknowledged writes to the example app 2. SIGINT the master at once.
+
+    Result: with graceful_gunicorn all 200 rows are in SQLite; plain gunicorn
+    (same app, no graceful_gunicorn config) stores none of them.
+    """
+    saved = {}
+    for mode in ("graceful", "plain"):
+        db = f"{tmp_path}/{mode}.sqlite3"
+        env = {"EXAMPLE_DB": db, "EXAMPLE_FLUSH_INTERVAL": "3600"}
+        config = GRACEFUL if mode == "graceful" else []
+        server = gunicorn(
+            [*config, *worker_args(worker_class), "--graceful-timeout", "15", "example_app.app:app"],
+            env,
+        )
+        server.wait_ready(workers=2, path="/")
+        for i in range(200):
+            assert http_get(server.port, f"/items/add?value={mode}{i}").ok
+        server.signal(signal.SIGINT)
+        server.wait_exit(20)
+        import sqlite3
+
+        with sqlite3.connect(db) as connection:
+            (saved[mode],) = connection.execute("SELECT COUNT(*) FROM items").fetchone()
+    assert saved["graceful"] == 200
+    assert saved["plain"] < 200
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_sighup_runs_old_workers_callbacks_with_reason_reload(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. two workers, requests sent all along 2. SIGHUP the master.
+
+    Result: every request succeeds; both old workers run their callbacks with
+    reason "reload"; new workers serve.
+    """
+    server = gunicorn([*GRACEFUL, *worker_args(worker_class), APP])
+    server.wait_ready(workers=2)
+    old = set(server.worker_pids())
+    failures: list[Response] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        for _ in range(2000):
+            if stop.is_set():
+                return
+            result = http_get(server.port, "/hello", 10)
+            if not result.ok:
+                failures.append(result)
+
+    client = threading.Thread(target=load, daemon=True)
+    client.start()
+    server.signal(signal.SIGHUP)
+    wait_until(lambda: len(server.callbacks("after_shutdown")) == 2, 30, "old workers' callbacks")
+    wait_until(lambda: len(server.worker_pids()) >= 4, 30, "new workers")
+    time.sleep(0.5)  # keep the load going a little on the new workers
+    stop.set()
+    client.join(20)
+
+    assert failures == []
+    callbacks = server.callbacks()
+    assert {e["pid"] for e in callbacks} == old
+    assert {e["reason"] for e in callbacks} == {"reload"}
+    assert http_get(server.port, "/hello").ok
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_max_requests_recycles_with_reason_recycle(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. one worker with max_requests=5 2. send requests one after another
+    until two workers were recycled (at most 2000 requests or 30 s).
+
+    Result: every request succeeds; the recycled workers ran their callbacks
+    with reason "recycle".
+    """
+    server = gunicorn([*GRACEFUL, *worker_args(worker_class, workers=1), "--max-requests", "5", APP])
+    server.wait_ready(workers=1)
+    results = []
+    deadline = time.monotonic() + 30
+    for _ in range(2000):
+        results.append(http_get(server.port, "/hello", 10))
+        if len(server.callbacks("after_shutdown")) >= 2 or time.monotonic() > deadline:
+            break
+    assert [r.error for r in results if not r.ok] == []
+    assert len(server.callbacks("after_shutdown")) >= 2
+    assert {e["reason"] for e in server.callbacks()} == {"recycle"}
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_hanging_and_raising_callbacks_are_contained(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. on_shutdown has a callback that hangs and one that raises 2. SIGTERM.
+
+    Result: the hang is cut at its 1 s timeout, the error is logged with its
+    traceback, the other callbacks still run, and the master exits well
+    before graceful_timeout.
+    """
+    server = gunicorn(
+        [*GRACEFUL, *worker_args(worker_class, workers=1), "--graceful-timeout", "20", APP],
+        {"MISBEHAVE": "hang,raise"},
+    )
+    server.wait_ready(workers=1)
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(15) == 0
+    elapsed = time.monotonic() - started
+
+    log = server.log()
+    assert "on_shutdown callback tests.apps.events_app.hang timed out" in log
+    assert "on_shutdown callback tests.apps.events_app.boom failed" in log
+    assert "RuntimeError: boom from a callback" in log
+    assert [e["name"] for e in server.callbacks("on_shutdown")] == ["hang-start", "o2", "o1"]
+    assert len(server.callbacks("after_shutdown")) == 1
+    assert elapsed < 10
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_second_sigint_ends_the_worker_at_once(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. an on_shutdown callback hangs with a 10 s timeout 2. SIGINT to the
+    process group (master and worker) 3. SIGINT again to the worker.
+
+    Result: the worker exits at once on the second SIGINT, long before the
+    callback's timeout.
+    """
+    server = gunicorn(
+        [*GRACEFUL, *worker_args(worker_class, workers=1), "--graceful-timeout", "30", APP],
+        {"MISBEHAVE": "hang_quick", "GRACEFUL_QUICK_SHUTDOWN_TIMEOUT": "20"},
+    )
+    server.wait_ready(workers=1)
+    (worker,) = server.worker_pids()
+    server.signal(signal.SIGINT)
+    import os
+
+    os.kill(worker, signal.SIGINT)
+    wait_until(lambda: server.callbacks("on_shutdown"), 10, "the hanging callback to start")
+    time.sleep(0.3)  # a second Ctrl+C is a separate keystroke, not the same group signal
+    started = time.monotonic()
+    os.kill(worker, signal.SIGINT)
+    server.wait_exit(10)
+    assert time.monotonic() - started < 3
+    assert "second quick stop signal, exiting now" in server.log()

@@ -1,0 +1,91 @@
+"""Start-up: settings checked before any worker is forked, user hooks chained with ours."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .server import Gunicorn
+
+APP = "tests.apps.events_app:app"
+GRACEFUL = ["-c", "python:graceful_gunicorn.conf"]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (
+            [],
+            {"GRACEFUL_SHUTDOWN_CALLBACK_TIMEOUT": "abc"},
+            "Error: graceful_gunicorn: GRACEFUL_SHUTDOWN_CALLBACK_TIMEOUT must be a number of "
+            "seconds between 0 and 86400, got 'abc'",
+        ),
+        (
+            ["--graceful-timeout", "3"],
+            {"GRACEFUL_SHUTDOWN_CALLBACK_TIMEOUT": "5"},
+            "Error: graceful_gunicorn: shutdown_callback_timeout=5 does not fit in graceful_timeout=3",
+        ),
+        (
+            [],
+            {"GRACEFUL_QUICK_SHUTDOWN_TIMEOUT": "-1"},
+            "Error: graceful_gunicorn: GRACEFUL_QUICK_SHUTDOWN_TIMEOUT must be a number of seconds",
+        ),
+        (
+            ["-k", "gevent_pywsgi"],
+            {},
+            "Error: graceful_gunicorn: worker_class 'gevent_pywsgi' is not supported",
+        ),
+        (
+            ["--preload", "--graceful-timeout", "12"],
+            {"MISBEHAVE": "hang_quick"},
+            "Error: graceful_gunicorn: the on_shutdown and after_shutdown callbacks may take 16",
+        ),
+    ],
+    ids=["non-numeric", "callbacks-exceed-budget", "negative", "unknown-worker", "preload-budget"],
+)
+def test_bad_configuration_fails_before_any_worker_is_forked(
+    gunicorn: Callable[..., Gunicorn], args: list[str], env: dict[str, str], message: str
+) -> None:
+    """A setting that cannot work stops gunicorn with one line naming it, exit 1, no worker booted."""
+    server = gunicorn([*GRACEFUL, *args, APP], env)
+    assert server.wait_exit(20) == 1
+    log = server.log()
+    assert message in log
+    error_lines = [line for line in log.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1
+    assert "Booting worker" not in log
+
+
+def test_user_config_file_keeps_its_hooks_and_settings(
+    gunicorn: Callable[..., Gunicorn], tmp_path: Path
+) -> None:
+    """A gunicorn.conf.py that imports ours and defines its own hooks and settings: both run.
+
+    1. the user's file sets workers, quick_shutdown_timeout and defines
+       when_ready and worker_exit 2. SIGTERM. Result: the user's hooks ran,
+    graceful_gunicorn's worker class and callbacks ran too.
+    """
+    config = tmp_path / "gunicorn.conf.py"
+    config.write_text(
+        "from graceful_gunicorn.conf import *\n"
+        "import os\n"
+        "workers = 2\n"
+        "worker_class = 'sync'\n"
+        "quick_shutdown_timeout = 1.5\n"
+        "def when_ready(server):\n"
+        "    server.log.info('USER when_ready')\n"
+        "def worker_exit(server, worker):\n"
+        "    server.log.info('USER worker_exit %s', os.getpid())\n"
+    )
+    server = gunicorn([APP])  # ./gunicorn.conf.py in the working directory, loaded by gunicorn
+    server.wait_ready(workers=2)
+    server.signal(__import__("signal").SIGTERM)
+    assert server.wait_exit(30) == 0
+    log = server.log()
+    assert "USER when_ready" in log
+    assert "graceful_gunicorn: graceful shutdown on" in log
+    assert "Using worker: graceful_gunicorn.workers.GracefulSync" in log
+    assert log.count("USER worker_exit") == 2
+    assert len(server.callbacks("after_shutdown")) == 2
