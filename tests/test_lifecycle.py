@@ -304,7 +304,7 @@ def test_blocking_callback_times_out_and_the_next_one_runs(
 
     assert [r.outcome for r in report.callbacks] == ["timeout", "ok"]
     assert ran == ["older"]
-    assert 0.2 <= report.callbacks[0].duration < 1.5
+    assert 0.15 <= report.callbacks[0].duration < 1.5
     assert elapsed < 2
     assert "stuck timed out" in caplog.text
 
@@ -592,7 +592,7 @@ def test_drain_leaves_time_for_later_callbacks(
 
     assert report.requests_abandoned == 1
     assert len(remaining) == 1
-    assert 0.3 < remaining[0] <= 0.5
+    assert 0.1 < remaining[0] <= 0.5
 
 
 def test_escalate_turns_a_graceful_shutdown_quick(
