@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import math
 import threading
 import time
 import traceback
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Collection, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .context import REASONS, Phase, Reason, ShutdownContext
 from .report import CallbackResult, Outcome
@@ -36,6 +36,17 @@ CallbackT = TypeVar("CallbackT", bound=Callback)
 
 Invoker = Callable[[Callable[[], Any]], Any]
 """Runs a zero-argument callable inside whatever context the framework needs."""
+
+
+class Log(Protocol):
+    """What the lifecycle logs through: a :class:`logging.Logger` or gunicorn's logger."""
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None: ...
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None: ...
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> None: ...
+    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None: ...
+    def log(self, lvl: int, msg: str, *args: Any, **kwargs: Any) -> None: ...
+
 
 _HEARTBEAT_INTERVAL = 0.5
 
@@ -120,7 +131,7 @@ class Registration:
 class _Outcome:
     """Filled by the callback's thread, read by the waiting one."""
 
-    __slots__ = ("error", "done")
+    __slots__ = ("done", "error")
 
     def __init__(self) -> None:
         self.error: BaseException | None = None
@@ -133,16 +144,25 @@ def _call(registration: Registration, ctx: ShutdownContext) -> None:
         asyncio.run(_bounded(result, ctx))
 
 
+class _DeadlinePassed(Exception):
+    """An async callback was cancelled at its deadline."""
+
+
 async def _bounded(awaitable: Awaitable[Any], ctx: ShutdownContext) -> None:
     # wait_for cancels the coroutine at the deadline, so its `finally` blocks run.
-    await asyncio.wait_for(awaitable, timeout=ctx.remaining())
+    try:
+        await asyncio.wait_for(awaitable, timeout=ctx.remaining())
+    except asyncio.TimeoutError:
+        if ctx.remaining() > 0:
+            raise  # the callback's own TimeoutError: an error, not our timeout
+        raise _DeadlinePassed from None
 
 
 def run_callback(
     registration: Registration,
     ctx: ShutdownContext,
     invoke: Invoker,
-    logger: logging.Logger,
+    logger: Log,
     heartbeat: Callable[[], None],
 ) -> CallbackResult:
     """Run one callback until it returns or ``ctx.deadline`` passes; never raise."""
@@ -157,9 +177,7 @@ def run_callback(
             outcome.done.set()
 
     started = time.monotonic()
-    thread = threading.Thread(
-        target=target, name=f"graceful:{registration.name}", daemon=True
-    )
+    thread = threading.Thread(target=target, name=f"graceful:{registration.name}", daemon=True)
     thread.start()
     while not outcome.done.wait(min(_HEARTBEAT_INTERVAL, ctx.remaining())):
         heartbeat()
@@ -170,11 +188,11 @@ def run_callback(
 
 
 def _result(
-    registration: Registration, outcome: _Outcome, duration: float, logger: logging.Logger
+    registration: Registration, outcome: _Outcome, duration: float, logger: Log
 ) -> CallbackResult:
     error = outcome.error
     status: Outcome
-    if not outcome.done.is_set() or isinstance(error, asyncio.TimeoutError):
+    if not outcome.done.is_set() or isinstance(error, _DeadlinePassed):
         status = "timeout"
         logger.error(
             "graceful_gunicorn: %s callback %s timed out after %.2fs and was abandoned",
@@ -193,6 +211,10 @@ def _result(
             text.rstrip(),
         )
         return CallbackResult(
-            registration.name, registration.phase, "error", duration, f"{type(error).__name__}: {error}"
+            registration.name,
+            registration.phase,
+            "error",
+            duration,
+            f"{type(error).__name__}: {error}",
         )
     return CallbackResult(registration.name, registration.phase, "ok", duration)

@@ -12,8 +12,9 @@ A callback registered with one parameter receives a :class:`ShutdownContext`::
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal, get_args
+from typing import Literal, get_args
 
 Reason = Literal["terminate", "reload", "recycle", "quick", "abort"]
 """Why a worker stops.

@@ -15,7 +15,8 @@ and its ``wsgi_app`` is wrapped in the in-flight middleware.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection
+from collections.abc import Callable, Collection
+from typing import Any
 
 from flask import Flask, current_app, has_app_context
 
@@ -116,7 +117,9 @@ class GracefulShutdown:
         if app is not None:
             found = app.extensions.get(EXTENSION_KEY)
             if not isinstance(found, Lifecycle):
-                raise RuntimeError("graceful_gunicorn is not set up on this app: call init_app(app)")
+                raise RuntimeError(
+                    "graceful_gunicorn is not set up on this app: call init_app(app)"
+                )
             return found
         if len(self._lifecycles) == 1:
             return self._lifecycles[0]

@@ -11,7 +11,8 @@ user shadowed: ours first, then theirs, with gunicorn's exact arity.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import gunicorn
 
@@ -71,16 +72,16 @@ def _install(server: Arbiter) -> None:
         if first_start:
             # gunicorn prints a RuntimeError as "Error: ..." and exits 1, before any fork.
             raise RuntimeError(f"graceful_gunicorn: {exc}") from None
-        server.log.error("graceful_gunicorn: %s; the previous settings stay in force", exc)
+        _log(server).error("graceful_gunicorn: %s; the previous settings stay in force", exc)
         return
     for warning in warnings:
-        server.log.warning("graceful_gunicorn: %s", warning)
+        _log(server).warning("graceful_gunicorn: %s", warning)
     if worker is not None:
         cfg.set("worker_class", worker)
         server.worker_class = cfg.worker_class
     _chain_shadowed_hooks(cfg)
     _warn_old_gunicorn(server.log)
-    server.log.debug("graceful_gunicorn: %s", settings)
+    _log(server).debug("graceful_gunicorn: %s", settings)
 
 
 def _chain_shadowed_hooks(cfg: Any) -> None:
@@ -89,6 +90,11 @@ def _chain_shadowed_hooks(cfg: Any) -> None:
         if current is ours or getattr(current, _CHAINED, False):
             continue
         cfg.set(name, _chain(name, arity, ours, current))
+
+
+def _log(server: Arbiter) -> Any:
+    # gunicorn's error logger; typed Optional only because it is set in setup().
+    return server.log
 
 
 def _chain(
@@ -104,7 +110,7 @@ def _chain(
 
     else:
 
-        def hook(server: Any, new_value: Any, old_value: Any) -> None:  # type: ignore[misc]
+        def hook(server: Any, new_value: Any, old_value: Any) -> None:
             ours(server, new_value, old_value)
             theirs(server, new_value, old_value)
 
@@ -176,7 +182,7 @@ def _take_over_master_signals(server: Arbiter) -> None:
     server.handle_int = handle_int  # type: ignore[method-assign]
     server.handle_quit = handle_quit  # type: ignore[method-assign]
     server.handle_hup = handle_hup  # type: ignore[method-assign]
-    server.log.info(
+    _log(server).info(
         "graceful_gunicorn: graceful shutdown on (graceful_timeout=%ss)",
         server.cfg.graceful_timeout,
     )

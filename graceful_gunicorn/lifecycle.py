@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Collection, overload
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Any, overload
 
 from .callbacks import (
-    Callback,
     CallbackT,
     Invoker,
+    Log,
     Registration,
     check_timeout,
     run_callback,
@@ -211,7 +213,7 @@ class Lifecycle:
         *,
         deadline: float,
         heartbeat: Callable[[], None] = _no_heartbeat,
-        log: logging.Logger = logger,
+        log: Log = logger,
     ) -> ShutdownSequence:
         """Start the shutdown (once): later calls return the same sequence.
 
@@ -230,7 +232,7 @@ class Lifecycle:
         *,
         timeout: float = 30.0,
         heartbeat: Callable[[], None] = _no_heartbeat,
-        log: logging.Logger = logger,
+        log: Log = logger,
     ) -> ShutdownReport:
         """Run the whole sequence in this thread and return its report.
 
@@ -267,7 +269,7 @@ class ShutdownSequence:
         reason: Reason,
         deadline: float,
         heartbeat: Callable[[], None],
-        log: logging.Logger,
+        log: Log,
     ) -> None:
         self.lifecycle = lifecycle
         self.reason: Reason = reason
@@ -284,6 +286,8 @@ class ShutdownSequence:
             reason=reason, pid=os.getpid(), in_flight_at_start=lifecycle.in_flight
         )
         self._finished = False
+        self._ran = False
+        self._run_lock = threading.Lock()
 
     @property
     def quick(self) -> bool:
@@ -349,7 +353,10 @@ class ShutdownSequence:
         if skipped:
             self.log.info("graceful_gunicorn: %s skipped (reason %s)", phase, self.reason)
             return
-        counts = {o: sum(1 for r in results if r.outcome == o) for o in ("ok", "error", "timeout", "skipped")}
+        counts = {
+            o: sum(1 for r in results if r.outcome == o)
+            for o in ("ok", "error", "timeout", "skipped")
+        }
         level = logging.INFO if counts["error"] == counts["timeout"] == 0 else logging.WARNING
         self.log.log(
             level,
@@ -407,7 +414,18 @@ class ShutdownSequence:
         return True
 
     def run_all(self) -> ShutdownReport:
-        """Every step in order, in this thread; the sequence for in-process servers."""
+        """Every step in order, in this thread; the sequence for in-process servers.
+
+        Runs once: a second call (even from another thread) waits for the
+        first and returns the same report.
+        """
+        with self._run_lock:
+            if not self._ran:
+                self._ran = True
+                self._run_steps()
+        return self.report
+
+    def _run_steps(self) -> None:
         if not self.quick:
             self.run_phase("before_shutdown", until=self.drain_deadline)
             self.drain()
@@ -415,7 +433,7 @@ class ShutdownSequence:
             self.run_phase("before_shutdown")
         self.run_phase("on_shutdown")
         self.run_phase("after_shutdown")
-        return self.finish()
+        self.finish()
 
     def finish(self) -> ShutdownReport:
         """Close the report and log its one-line summary."""

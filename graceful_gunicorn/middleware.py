@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -43,7 +44,7 @@ class RequestInfo:
 class _Request:
     """One request in flight; also the response iterable handed to the server."""
 
-    __slots__ = ("environ", "started", "thread_id", "iterable", "requests")
+    __slots__ = ("environ", "iterable", "requests", "started", "thread_id")
 
     def __init__(self, environ: WSGIEnvironment, requests: InFlight) -> None:
         self.environ = environ
@@ -97,9 +98,7 @@ class InFlightMiddleware:
         #: The object that made this middleware (a ``Lifecycle``), for discovery.
         self.owner = owner
 
-    def __call__(
-        self, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Serve one request, counting it until its response is closed."""
         request = _Request(environ, self.requests)
         self.requests.active.add(request)
@@ -109,8 +108,9 @@ class InFlightMiddleware:
             self.requests.active.discard(request)
             raise
         file_wrapper = environ.get("wsgi.file_wrapper")
-        if file_wrapper is not None and isinstance(iterable, file_wrapper):
-            return _hook_close(iterable, request)
+        # PEP 3333 only asks for a callable; only a class can be checked against.
+        if isinstance(file_wrapper, type) and isinstance(iterable, file_wrapper):
+            return cast("Iterable[bytes]", _hook_close(iterable, request))
         request.iterable = iterable
         return request
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from gunicorn.config import Config
 
@@ -39,9 +40,13 @@ def config_namespace(cfg: Config) -> Mapping[str, Any]:
     return vars(module) if module is not None else {}
 
 
-def load_settings(cfg: Config, environ: Mapping[str, str] | None = None) -> tuple[Settings, list[str]]:
+def load_settings(
+    cfg: Config, environ: Mapping[str, str] | None = None
+) -> tuple[Settings, list[str]]:
     """Our settings for this gunicorn config, checked against its ``graceful_timeout``."""
-    settings, warnings = Settings.load(config_namespace(cfg), os.environ if environ is None else environ)
+    settings, warnings = Settings.load(
+        config_namespace(cfg), os.environ if environ is None else environ
+    )
     settings.check_budget(float(cfg.graceful_timeout))
     return settings, warnings
 
@@ -53,7 +58,7 @@ def graceful_worker_class(cfg: Config) -> str | None:
     """
     try:
         worker_class = cfg.worker_class  # resolves "sync" + threads > 1 to gthread
-    except Exception as exc:  # an import error of the class itself
+    except Exception as exc:  # noqa: BLE001 - any import error of the class itself
         raise SettingsError(
             f"worker_class {cfg.worker_class_str!r} cannot be loaded: {exc}"
         ) from None

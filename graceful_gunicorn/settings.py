@@ -15,8 +15,9 @@ with one line that names the setting, the value and what is allowed.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 ENV_PREFIX = "GRACEFUL_"
 
@@ -104,7 +105,7 @@ def _parse_seconds(raw: Any, source: str) -> float:
         raise SettingsError(f"{source} must be {expected}, got {raw!r}")
     try:
         value = float(raw.strip() if isinstance(raw, str) else raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SettingsError(f"{source} must be {expected}, got {raw!r}") from None
     if math.isnan(value) or not 0 <= value <= MAX_SECONDS:
         raise SettingsError(f"{source} must be {expected}, got {raw!r}")
@@ -120,7 +121,6 @@ def _parse_path(raw: Any, source: str) -> str | None:
         or any(c.isspace() or c in "?#" for c in raw)
     ):
         raise SettingsError(
-            f"{source} must be a URL path starting with '/' without spaces, '?' or '#', "
-            f"got {raw!r}"
+            f"{source} must be a URL path starting with '/' without spaces, '?' or '#', got {raw!r}"
         )
     return raw

@@ -124,7 +124,9 @@ class Gunicorn:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"gunicorn did not exit within {timeout}s:\n{self.log()}") from None
+            raise AssertionError(
+                f"gunicorn did not exit within {timeout}s:\n{self.log()}"
+            ) from None
 
     def release(self, key: str) -> None:
         (self.release_dir / key).touch()

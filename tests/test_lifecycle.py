@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -263,13 +262,6 @@ def test_raising_callback_is_an_error_and_the_next_one_runs(
     assert text in message
 
 
-@pytest.mark.xfail(
-    sys.version_info >= (3, 11),
-    strict=True,
-    reason="callbacks.py _result(): since Python 3.11 asyncio.TimeoutError is the builtin "
-    "TimeoutError, so a callback raising TimeoutError is reported as 'timeout' and its "
-    "traceback is never logged",
-)
 def test_callback_raising_timeout_error_is_an_error(
     lifecycle: Lifecycle, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -496,11 +488,6 @@ def test_begin_shutdown_rejects_an_unknown_reason(lifecycle: Lifecycle) -> None:
     assert not lifecycle.draining
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lifecycle.py Lifecycle.shutdown(): begin_shutdown() returns the existing sequence "
-    "but shutdown() calls run_all() on it again, re-running every callback",
-)
 def test_second_shutdown_does_not_rerun_callbacks(lifecycle: Lifecycle) -> None:
     """A second shutdown() returns the first report and runs no callback again."""
     ran: list[str] = []

@@ -274,12 +274,6 @@ def file_wrapper_function(filelike: Any, block_size: int = 8192) -> FileWrapper:
     return FileWrapper(filelike, block_size)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="middleware.py InFlightMiddleware.__call__: isinstance(iterable, file_wrapper) "
-    "raises TypeError when wsgi.file_wrapper is a function (allowed by PEP 3333), and the "
-    "request is then counted forever",
-)
 def test_file_wrapper_that_is_a_function(requests: InFlight) -> None:
     """A server whose wsgi.file_wrapper is a plain function is served and counted normally."""
     response = counted(hello, requests)(

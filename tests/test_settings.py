@@ -133,12 +133,6 @@ def test_settings_error_is_a_value_error() -> None:
         Settings.load({"quick_shutdown_timeout": [1]}, {})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="settings.py _parse_seconds(): float(raw) of an int too large for a float raises "
-    "OverflowError, which is not caught, instead of SettingsError",
-)
 def test_huge_integer_is_a_settings_error() -> None:
     """An integer too large for a float is a SettingsError like any out-of-range number."""
     with pytest.raises(SettingsError, match="shutdown_delay"):

@@ -32,7 +32,9 @@ def in_flight_per_class(worker_class: str) -> int:
     return {"sync": 2, "gthread": 4, "gevent": 6}[worker_class]
 
 
-def send_in_background(server: Gunicorn, paths: list[str]) -> tuple[list[Response], list[threading.Thread]]:
+def send_in_background(
+    server: Gunicorn, paths: list[str]
+) -> tuple[list[Response], list[threading.Thread]]:
     results: list[Response] = [Response(None, error="not done")] * len(paths)
 
     def send(i: int, path: str) -> None:
@@ -112,7 +114,13 @@ def test_sigint_right_after_writes_loses_none(
         env = {"EXAMPLE_DB": db, "EXAMPLE_FLUSH_INTERVAL": "3600"}
         config = GRACEFUL if mode == "graceful" else []
         server = gunicorn(
-            [*config, *worker_args(worker_class), "--graceful-timeout", "15", "example_app.app:app"],
+            [
+                *config,
+                *worker_args(worker_class),
+                "--graceful-timeout",
+                "15",
+                "example_app.app:app",
+            ],
             env,
         )
         server.wait_ready(workers=2, path="/")
@@ -177,7 +185,9 @@ def test_max_requests_recycles_with_reason_recycle(
     Result: every request succeeds; the recycled workers ran their callbacks
     with reason "recycle".
     """
-    server = gunicorn([*GRACEFUL, *worker_args(worker_class, workers=1), "--max-requests", "5", APP])
+    server = gunicorn(
+        [*GRACEFUL, *worker_args(worker_class, workers=1), "--max-requests", "5", APP]
+    )
     server.wait_ready(workers=1)
     results = []
     deadline = time.monotonic() + 30

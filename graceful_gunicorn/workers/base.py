@@ -19,7 +19,7 @@ import os
 import signal
 import time
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..context import QUICK_REASONS
 from ..lifecycle import Lifecycle, find_lifecycle
@@ -62,7 +62,7 @@ class GracefulWorkerMixin(_Base):
         lifecycle = find_lifecycle(self.wsgi)
         if lifecycle is None:
             lifecycle = Lifecycle()
-            self.wsgi = lifecycle.wrap(self.wsgi)
+            self.wsgi = cast(Any, lifecycle.wrap(cast(Any, self.wsgi)))
         settings, _ = load_settings(self.cfg)
         lifecycle.callback_timeout = settings.shutdown_callback_timeout
         try:

@@ -167,7 +167,7 @@ class WorkerShutdown:
             sequence.run_phase("on_shutdown")
             sequence.run_phase("after_shutdown")
             sequence.finish()
-        except BaseException:  # noqa: BLE001 - a bug here must not keep the worker alive
+        except BaseException:
             log.exception("graceful_gunicorn: shutdown sequence failed")
         finally:
             self.done.set()

@@ -93,8 +93,14 @@ app.on_shutdown(timeout=2)(_callback("on_shutdown", "o2"))
 @app.after_shutdown(timeout=2)
 async def a1(ctx: ShutdownContext) -> None:
     await asyncio.sleep(0)
-    record("callback", phase="after_shutdown", name="a1", reason=ctx.reason, in_flight=ctx.in_flight,
-           app_context=has_app_context())
+    record(
+        "callback",
+        phase="after_shutdown",
+        name="a1",
+        reason=ctx.reason,
+        in_flight=ctx.in_flight,
+        app_context=has_app_context(),
+    )
 
 
 if "hang" in MISBEHAVE:
@@ -104,11 +110,13 @@ if "hang" in MISBEHAVE:
         record("callback", phase="on_shutdown", name="hang-start")
         time.sleep(3600)
 
+
 if "raise" in MISBEHAVE:
 
     @app.on_shutdown(timeout=1)
     def boom() -> None:
         raise RuntimeError("boom from a callback")
+
 
 if "slow" in MISBEHAVE:
 
@@ -116,6 +124,7 @@ if "slow" in MISBEHAVE:
     def slow_callback() -> None:
         time.sleep(4)
         record("callback", phase="on_shutdown", name="slow-done")
+
 
 if "hang_quick" in MISBEHAVE:
 
