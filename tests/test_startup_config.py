@@ -25,7 +25,8 @@ GRACEFUL = ["-c", "python:graceful_gunicorn.conf"]
         (
             ["--graceful-timeout", "3"],
             {"GRACEFUL_SHUTDOWN_CALLBACK_TIMEOUT": "5"},
-            "Error: graceful_gunicorn: shutdown_callback_timeout=5 does not fit in graceful_timeout=3",
+            "Error: graceful_gunicorn: shutdown_callback_timeout=5 does not fit in "
+            "graceful_timeout=3",
         ),
         (
             [],
@@ -48,7 +49,7 @@ GRACEFUL = ["-c", "python:graceful_gunicorn.conf"]
 def test_bad_configuration_fails_before_any_worker_is_forked(
     gunicorn: Callable[..., Gunicorn], args: list[str], env: dict[str, str], message: str
 ) -> None:
-    """A setting that cannot work stops gunicorn with one line naming it, exit 1, no worker booted."""
+    """A setting that cannot work stops gunicorn with one line naming it, exit 1, no fork."""
     server = gunicorn([*GRACEFUL, *args, APP], env)
     assert server.wait_exit(20) == 1
     log = server.log()
