@@ -195,7 +195,7 @@ def test_max_requests_recycles_with_reason_recycle(
         # gevent keeps accepting for up to 1 s after max_requests: let the
         # recycle happen before sending more, or one worker takes them all.
         restarts = server.log().count("Autorestarting worker")
-        wait_until(lambda: len(server.callbacks("after_shutdown")) >= restarts, 20, "the recycle")
+        wait_until(lambda n=restarts: len(server.callbacks("after_shutdown")) >= n, 20, "recycle")
         if restarts >= 2:
             break
     assert [r.error for r in results if not r.ok] == []
