@@ -69,6 +69,7 @@ class Gunicorn:
         self.release_dir = workdir / "release"
         self.release_dir.mkdir(exist_ok=True)
         self.args = list(args)
+        self.graceful = any("graceful_gunicorn" in a for a in self.args)
         self.env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
@@ -111,7 +112,12 @@ class Gunicorn:
         def ready() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise AssertionError(f"gunicorn exited early:\n{self.log()}")
-            return len(self.worker_pids()) >= workers and http_get(self.port, path, 2).ok
+            # A worker is ready once its signal handlers and app are in place:
+            # a SIGTERM during gunicorn's own boot is lost (GUNICORN.md 3.9).
+            booted = len(self.worker_pids())
+            if self.graceful:
+                booted = len(re.findall(r"graceful_gunicorn: worker \d+ ready with", self.log()))
+            return booted >= workers and http_get(self.port, path, 2).ok
 
         wait_until(ready, BOOT_TIMEOUT, f"{workers} worker(s) to serve\n{self.log()}")
         return self

@@ -21,7 +21,7 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
-from ..context import QUICK_REASONS
+from ..context import PHASES, QUICK_REASONS
 from ..lifecycle import Lifecycle, find_lifecycle
 from ..server_config import check_lifecycle_fits, load_settings
 from ..settings import SettingsError
@@ -71,6 +71,11 @@ class GracefulWorkerMixin(_Base):
             self.log.error("graceful_gunicorn: %s", exc)
         assert self.graceful is not None  # created in init_signals, which runs first
         self.graceful.attach(lifecycle, settings)
+        self.log.info(
+            "graceful_gunicorn: worker %s ready with %d shutdown callback(s)",
+            os.getpid(),
+            sum(len(lifecycle.callbacks(phase)) for phase in PHASES),
+        )
 
     def run(self) -> None:
         """Serve until told to stop, then wait for the shutdown sequence to end."""
