@@ -46,17 +46,22 @@ def send_in_background(
     return results, threads
 
 
+@pytest.mark.parametrize("preload", [False, True], ids=["", "preload"])
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_sigterm_completes_in_flight_requests_then_runs_callbacks(
-    gunicorn: Callable[..., Gunicorn], worker_class: str
+    gunicorn: Callable[..., Gunicorn], worker_class: str, preload: bool
 ) -> None:
-    """1. two workers hold plain and streaming requests 2. SIGTERM the master.
+    """1. two workers (app loaded in each, or in the master with --preload)
+    hold plain and streaming requests 2. SIGTERM the master.
 
     Result: every request ends 200 with its whole body; each worker runs
     on_shutdown once, after its last request finished, in the app context,
     newest first (o2 before o1); the master exits 0.
     """
-    server = gunicorn([*GRACEFUL, *worker_args(worker_class), "--graceful-timeout", "20", APP])
+    options = ["--preload"] if preload else []
+    server = gunicorn(
+        [*GRACEFUL, *worker_args(worker_class), *options, "--graceful-timeout", "20", APP]
+    )
     server.wait_ready(workers=2)
     count = in_flight_per_class(worker_class)
     keys = [f"r{i}" for i in range(count)]
@@ -201,6 +206,34 @@ def test_max_requests_recycles_with_reason_recycle(
     assert [r.error for r in results if not r.ok] == []
     assert len(server.callbacks("after_shutdown")) >= 2
     assert {e["reason"] for e in server.callbacks()} == {"recycle"}
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_sigttou_stops_one_worker_with_reason_recycle(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. two workers, one holding a request 2. SIGTTOU the master (one worker fewer).
+
+    Result: exactly one worker runs its callbacks, with reason "recycle"; the
+    held request completes; the server keeps answering with one worker.
+    """
+    server = gunicorn([*GRACEFUL, *worker_args(worker_class), APP])
+    server.wait_ready(workers=2)
+    results, threads = send_in_background(server, ["/hold/ttou"])
+    wait_until(lambda: server.events("entered"), 10, "the request to be in flight")
+    server.signal(signal.SIGTTOU)
+    wait_until(lambda: server.callbacks("before_shutdown"), 10, "one worker's stop")
+    server.release("ttou")
+    wait_until(lambda: server.callbacks("after_shutdown"), 20, "its callbacks")
+    threads[0].join(10)
+
+    assert results[0].ok, results[0].error
+    assert len({e["pid"] for e in server.callbacks()}) == 1
+    assert {e["reason"] for e in server.callbacks()} == {"recycle"}
+    assert [e["name"] for e in server.callbacks()] == ["b1", "o2", "o1", "a1"]
+    for _ in range(5):
+        assert http_get(server.port, "/hello").ok
+    assert len(server.worker_pids()) == 2, "no worker was started in its place"
 
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
@@ -140,3 +141,7 @@ class GracefulWorkerMixin(_Base):
 
     def interrupt_main(self) -> None:
         """Make a main thread that is still inside a request leave it (sync worker)."""
+
+    def request_frames(self) -> dict[int, FrameType]:
+        """The current frame of each thread that may serve a request, by its ident."""
+        return sys._current_frames()

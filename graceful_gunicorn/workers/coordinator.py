@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import os
 import select
-import sys
 import threading
 import time
 import traceback
+from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 from .. import master_state
@@ -44,6 +44,7 @@ class StoppableWorker(Protocol):
     def notify(self) -> None: ...
     def stop_serving(self, drain_seconds: float) -> None: ...
     def interrupt_main(self) -> None: ...
+    def request_frames(self) -> dict[int, FrameType]: ...
 
 
 #: How long after its callbacks a worker may take to exit before it is ended
@@ -176,7 +177,7 @@ class WorkerShutdown:
     def _log_requests_with_stacks(self) -> None:
         lifecycle = self.lifecycle
         requests = lifecycle.requests.snapshot() if lifecycle is not None else []
-        frames = sys._current_frames()
+        frames = self.worker.request_frames()
         if not requests:
             self.worker.log.error("graceful_gunicorn: worker timeout with no request in flight")
         for request in requests:
