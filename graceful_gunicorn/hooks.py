@@ -10,7 +10,6 @@ user shadowed: ours first, then theirs, with gunicorn's exact arity.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ import gunicorn
 
 from . import master_state
 from .lifecycle import find_lifecycle
+from .master import MasterStop
 from .server_config import check_lifecycle_fits, graceful_worker_class, load_settings
 from .settings import SettingsError
 
@@ -149,43 +149,13 @@ def _check_preloaded_app(server: Arbiter) -> None:
 
 
 def _take_over_master_signals(server: Arbiter) -> None:
-    """Record why the master stops in shared memory, then let gunicorn go on.
-
-    gunicorn dispatches a queued signal to ``getattr(server, "handle_" + name)``,
-    so instance attributes replace its handlers (GUNICORN.md section 2.2). They
-    run in the master's main loop, not in signal context.
-    """
+    """Share state with the workers (before the first fork) and handle the stop signals."""
     state = master_state.create()
-    if getattr(server, _INSTALLED, False):
-        return
-    object.__setattr__(server, _INSTALLED, True)
-    original_term, original_int = server.handle_term, server.handle_int
-    original_quit, original_hup = server.handle_quit, server.handle_hup
-
-    def handle_term() -> None:
-        state.begin_stop(master_state.STOP_TERMINATE, time.monotonic())
-        original_term()
-
-    def handle_int() -> None:
-        state.begin_stop(master_state.STOP_QUICK, time.monotonic())
-        original_int()
-
-    def handle_quit() -> None:
-        state.begin_stop(master_state.STOP_QUICK, time.monotonic())
-        original_quit()
-
-    def handle_hup() -> None:
-        state.next_generation()
-        original_hup()
-
-    server.handle_term = handle_term  # type: ignore[method-assign]
-    server.handle_int = handle_int  # type: ignore[method-assign]
-    server.handle_quit = handle_quit  # type: ignore[method-assign]
-    server.handle_hup = handle_hup  # type: ignore[method-assign]
-    _log(server).info(
-        "graceful_gunicorn: graceful shutdown on (graceful_timeout=%ss)",
-        server.cfg.graceful_timeout,
-    )
+    if MasterStop.install(server, state) is not None:
+        _log(server).info(
+            "graceful_gunicorn: graceful shutdown on (graceful_timeout=%ss)",
+            server.cfg.graceful_timeout,
+        )
 
 
 __all__ = ["nworkers_changed", "on_reload", "on_starting", "when_ready"]

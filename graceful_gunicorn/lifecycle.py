@@ -33,6 +33,7 @@ from .callbacks import (
 )
 from .context import PHASES, QUICK_REASONS, REASONS, Phase, Reason, ShutdownContext
 from .middleware import InFlight, InFlightMiddleware
+from .readiness import Readiness
 from .report import CallbackResult, PhaseResult, ShutdownReport
 
 if TYPE_CHECKING:
@@ -74,6 +75,9 @@ class Lifecycle:
         self.callback_timeout = check_timeout(callback_timeout, "callback_timeout") or 0.0
         #: The requests in flight through :meth:`wrap`.
         self.requests = InFlight()
+        #: The readiness path and whether the server is going away (the
+        #: graceful worker points it at the master's state).
+        self.readiness = Readiness(going_away=lambda: self.draining)
         self._invoke = invoke or _call_directly
         self._registrations: dict[Phase, list[Registration]] = {p: [] for p in PHASES}
         self._sequence: ShutdownSequence | None = None
@@ -188,7 +192,7 @@ class Lifecycle:
 
     def wrap(self, app: WSGIApplication) -> InFlightMiddleware:
         """Wrap ``app`` in the middleware that counts its in-flight requests."""
-        return InFlightMiddleware(app, self.requests, owner=self)
+        return InFlightMiddleware(app, self.requests, owner=self, readiness=self.readiness)
 
     @property
     def in_flight(self) -> int:

@@ -1,8 +1,10 @@
 """State the gunicorn master shares with its workers, in memory mapped before the fork.
 
-The master writes, its workers read: why the master is stopping and when it
-started (so that a worker knows its real deadline), and a generation number
-that ``SIGHUP`` increments (so that an old worker knows a ``SIGTERM`` means
+The master writes, its workers read: whether the server is going away (so
+that every worker answers the readiness path with 503 at once, also during
+``shutdown_delay``), why the master is stopping and when its graceful stop
+began (so that a worker knows its real deadline), and a generation number that
+``SIGHUP`` increments (so that an old worker knows a ``SIGTERM`` means
 "reload"). The map is anonymous (no path, no file) and holds plain numbers:
 nothing is ever unpickled or executed from it.
 """
@@ -16,8 +18,9 @@ STOP_NONE = 0
 STOP_TERMINATE = 1
 STOP_QUICK = 2
 
-# stop kind (uint8), padding, generation (uint64), stop time (double, monotonic)
-_LAYOUT = struct.Struct("<B7xQd")
+# going away (uint8, first so that one byte read answers it), stop kind (uint8),
+# padding, generation (uint64), stop time (double, monotonic)
+_LAYOUT = struct.Struct("<BB6xQd")
 
 
 class MasterState:
@@ -28,11 +31,20 @@ class MasterState:
         self._map = mmap.mmap(-1, _LAYOUT.size)
 
     def _read(self) -> tuple[int, int, float]:
-        kind, generation, stop_at = _LAYOUT.unpack_from(self._map, 0)
+        _, kind, generation, stop_at = _LAYOUT.unpack_from(self._map, 0)
         return int(kind), int(generation), float(stop_at)
 
     def _write(self, kind: int, generation: int, stop_at: float) -> None:
-        _LAYOUT.pack_into(self._map, 0, kind, generation, stop_at)
+        going_away = self._map[0]
+        _LAYOUT.pack_into(self._map, 0, going_away, kind, generation, stop_at)
+
+    def going_away(self) -> bool:
+        """Whether the server is shutting down (cheap enough for every request)."""
+        return self._map[0] != 0
+
+    def announce_going_away(self) -> None:
+        """From now on every worker reports not ready (readiness 503)."""
+        self._map[0] = 1
 
     @property
     def stop_kind(self) -> int:
@@ -50,7 +62,8 @@ class MasterState:
         return self._read()[1]
 
     def begin_stop(self, kind: int, at: float) -> None:
-        """Record that the master stops (the first stop wins its time)."""
+        """Record that the master's stop begins now (the first stop wins its time)."""
+        self.announce_going_away()
         current, generation, stop_at = self._read()
         if current == STOP_NONE:
             stop_at = at

@@ -17,6 +17,10 @@ also block the gevent hub).
 
 A ``wsgi.file_wrapper`` response is returned as it is, with its ``close``
 hooked, so that gunicorn keeps sending it with ``sendfile()``.
+
+Given a :class:`~graceful_gunicorn.readiness.Readiness`, the middleware also
+answers its path (without counting it) and tells it about each request that
+sees the server going away.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
+
+from .readiness import Readiness
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -92,14 +98,27 @@ class InFlight:
 class InFlightMiddleware:
     """Count the requests of ``app`` in ``requests`` until their response is closed."""
 
-    def __init__(self, app: WSGIApplication, requests: InFlight, owner: Any = None) -> None:
+    def __init__(
+        self,
+        app: WSGIApplication,
+        requests: InFlight,
+        owner: Any = None,
+        readiness: Readiness | None = None,
+    ) -> None:
         self.app = app
         self.requests = requests
         #: The object that made this middleware (a ``Lifecycle``), for discovery.
         self.owner = owner
+        self.readiness = readiness
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Serve one request, counting it until its response is closed."""
+        readiness = self.readiness
+        if readiness is not None:
+            if readiness.path is not None and environ.get("PATH_INFO") == readiness.path:
+                return readiness.respond(environ, start_response)
+            if readiness.going_away():
+                readiness.leaving(start_response)
         request = _Request(environ, self.requests)
         self.requests.active.add(request)
         try:

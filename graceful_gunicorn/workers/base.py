@@ -22,6 +22,7 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
+from .. import master_state
 from ..context import PHASES, QUICK_REASONS
 from ..lifecycle import Lifecycle, find_lifecycle
 from ..server_config import check_lifecycle_fits, load_settings
@@ -34,6 +35,18 @@ if TYPE_CHECKING:
     _Base = Worker
 else:
     _Base = object
+
+
+def close_after_response(start_response: Any) -> None:
+    """Make gunicorn close this request's connection after its response.
+
+    gunicorn drops a ``Connection`` header set by the app; its
+    ``start_response`` is a method of its response object, which can.
+    """
+    response = getattr(start_response, "__self__", None)
+    force_close = getattr(response, "force_close", None)
+    if force_close is not None:
+        force_close()
 
 
 #: A quick-stop signal this soon after the first is the same stop, not a second one:
@@ -70,6 +83,12 @@ class GracefulWorkerMixin(_Base):
             check_lifecycle_fits(lifecycle, settings, float(self.cfg.graceful_timeout))
         except SettingsError as exc:
             self.log.error("graceful_gunicorn: %s", exc)
+        lifecycle.readiness.path = settings.readiness_path
+        state = master_state.current()
+        if state is not None:
+            lifecycle.readiness.going_away = state.going_away
+        lifecycle.readiness.on_going_away(self.stop_keeping_alive)
+        lifecycle.readiness.close_connection = close_after_response
         assert self.graceful is not None  # created in init_signals, which runs first
         self.graceful.attach(lifecycle, settings)
         self.log.info(
@@ -84,6 +103,7 @@ class GracefulWorkerMixin(_Base):
         self.graceful.start()
         try:
             super().run()
+            self.serve_backlog()
         except KeyboardInterrupt:
             # Never let it reach gunicorn's Arbiter.run in the worker: it would
             # call halt() there and signal the sibling workers.
@@ -128,6 +148,15 @@ class GracefulWorkerMixin(_Base):
 
     # -- used by the coordinator thread ------------------------------------------
 
+    def stop_keeping_alive(self) -> None:
+        """From now on every response closes its connection (``Connection: close``).
+
+        gunicorn's gthread and gevent workers read ``keepalive`` from this
+        process's config copy before each request. Clients then reconnect
+        through the listen socket, to a worker or server that is not going away.
+        """
+        self.cfg.settings["keepalive"].value = 0
+
     def stop_serving(self, drain_seconds: float) -> None:
         """Stop accepting; gunicorn's own drain may take ``drain_seconds`` at most."""
         # Each worker reads graceful_timeout when its drain starts; this copy of
@@ -141,6 +170,12 @@ class GracefulWorkerMixin(_Base):
 
     def interrupt_main(self) -> None:
         """Make a main thread that is still inside a request leave it (sync worker)."""
+
+    def serve_backlog(self) -> None:
+        """After gunicorn's loop: serve connections the kernel already queued (sync)."""
+
+    def release_idle_connections(self) -> None:
+        """Close kept-alive connections that hold the worker during its drain (gevent)."""
 
     def request_frames(self) -> dict[int, FrameType]:
         """The current frame of each thread that may serve a request, by its ident."""

@@ -44,6 +44,8 @@ class StoppableWorker(Protocol):
     def notify(self) -> None: ...
     def stop_serving(self, drain_seconds: float) -> None: ...
     def interrupt_main(self) -> None: ...
+    def stop_keeping_alive(self) -> None: ...
+    def release_idle_connections(self) -> None: ...
     def request_frames(self) -> dict[int, FrameType]: ...
 
 
@@ -143,6 +145,7 @@ class WorkerShutdown:
             reason, deadline=self._deadline(reason), heartbeat=self.worker.notify, log=log
         )
         self.sequence = sequence
+        self.worker.stop_keeping_alive()
         try:
             log.info(
                 "graceful_gunicorn: shutdown started (reason %s, pid %s): %.2fs left, "
@@ -163,7 +166,7 @@ class WorkerShutdown:
             self.worker.stop_serving(max(0.0, drain_seconds))
             # 3. drain (not on a quick stop)
             if not sequence.quick:
-                sequence.drain(ready=self.loop_finished.is_set)
+                sequence.drain(ready=self._drained)
             # 4. release resources, then the last word
             sequence.run_phase("on_shutdown")
             sequence.run_phase("after_shutdown")
@@ -173,6 +176,13 @@ class WorkerShutdown:
         finally:
             self.done.set()
         self._make_sure_we_exit(sequence)
+
+    def _drained(self) -> bool:
+        """Whether gunicorn's loop is over; asked while no request is in flight."""
+        if self.loop_finished.is_set():
+            return True
+        self.worker.release_idle_connections()
+        return False
 
     def _log_requests_with_stacks(self) -> None:
         lifecycle = self.lifecycle

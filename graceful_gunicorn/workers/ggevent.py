@@ -3,12 +3,41 @@
 from __future__ import annotations
 
 import gc
+import select
+import socket
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
+from typing import Any, cast
 
+import gevent
 import greenlet
 from gunicorn.workers.ggevent import GeventWorker
 
 from .base import GracefulWorkerMixin
+
+
+class _Connection:
+    """A client connection and whether its greenlet waits for a request on it."""
+
+    __slots__ = ("sock", "waiting", "waits")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.waiting = False
+        #: How many requests it waited for; from the second on, it was kept alive.
+        self.waits = 0
+
+    @property
+    def idle_kept_alive(self) -> bool:
+        """Waiting after a response for a next request that has not started to arrive."""
+        if not self.waiting or self.waits < 2:
+            return False
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
 
 
 class GracefulGevent(GracefulWorkerMixin, GeventWorker):
@@ -16,7 +45,40 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
 
     gevent patches ``threading``, so the coordinator and the callbacks run in
     greenlets: a callback that never yields cannot be timed out.
+
+    gunicorn's gevent worker keeps an idle kept-alive connection open for its
+    whole ``keepalive`` timeout after it stopped accepting, so this one tracks
+    which connections wait for a next request and closes the idle ones
+    during the drain.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._connections: dict[Any, _Connection] = {}
+
+    def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
+        """Serve one connection (in its own greenlet), tracked while it lasts."""
+        current = gevent.getcurrent()
+        self._connections[current] = _Connection(client)
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self._connections.pop(current, None)
+
+    # types-gunicorn says None; gunicorn returns a gevent.Timeout.
+    def timeout_ctx(self) -> AbstractContextManager[Any]:  # type: ignore[override]
+        """gunicorn waits for each request of a connection inside this context."""
+        timeout = cast("AbstractContextManager[Any]", super().timeout_ctx())
+        connection = self._connections.get(gevent.getcurrent())
+        if connection is None:
+            return timeout
+        return _waiting(connection, timeout)
+
+    def release_idle_connections(self) -> None:
+        """Close the kept-alive connections on which no request is coming."""
+        for current, connection in list(self._connections.items()):
+            if connection.idle_kept_alive:
+                current.kill(block=False)
 
     def request_frames(self) -> dict[int, FrameType]:
         """Requests run in greenlets, whose ident is ``id(greenlet)`` under gevent."""
@@ -25,3 +87,14 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
             if isinstance(obj, greenlet.greenlet) and obj.gr_frame is not None:
                 frames[id(obj)] = obj.gr_frame
         return frames
+
+
+@contextmanager
+def _waiting(connection: _Connection, timeout: AbstractContextManager[Any]) -> Iterator[None]:
+    connection.waits += 1
+    connection.waiting = True
+    try:
+        with timeout:
+            yield
+    finally:
+        connection.waiting = False

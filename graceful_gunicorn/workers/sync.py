@@ -2,18 +2,47 @@
 
 from __future__ import annotations
 
+import errno
 import signal
 import threading
+import time
 
+from gunicorn import util
 from gunicorn.workers.sync import SyncWorker
 
 from .base import GracefulWorkerMixin
+
+_NOTHING_WAITING = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED)
 
 
 # Not named "...SyncWorker": gunicorn silently swaps a worker class whose name
 # ends so for its stock gthread worker when threads > 1 (GUNICORN.md 4.6).
 class GracefulSync(GracefulWorkerMixin, SyncWorker):
     """gunicorn's sync worker with the graceful shutdown sequence."""
+
+    def serve_backlog(self) -> None:
+        """Serve the connections still queued in the listen backlog, within the drain.
+
+        A sync worker accepts one connection at a time, so when a stop begins,
+        clients that connected meanwhile wait in the kernel's backlog; gunicorn
+        would leave them there to be reset when the last worker exits.
+        """
+        graceful = self.graceful
+        sequence = graceful.sequence if graceful is not None else None
+        if sequence is None or sequence.quick:
+            return
+        for listener in self.sockets:
+            while time.monotonic() < sequence.drain_deadline and not sequence.quick:
+                try:
+                    client, addr = listener.accept()
+                except OSError as exc:
+                    if exc.errno in _NOTHING_WAITING:
+                        break
+                    raise
+                client.setblocking(True)
+                util.close_on_exec(client)
+                self.notify()
+                self.handle(listener, client, addr)
 
     def interrupt_main(self) -> None:
         """Serve the request in the main thread no longer: raise SystemExit in it.

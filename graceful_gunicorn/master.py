@@ -1,0 +1,123 @@
+"""The master's side of a stop: record why and when, and hold ``shutdown_delay``.
+
+gunicorn dispatches a queued signal to ``getattr(arbiter, "handle_" + name)``
+from its main loop, not from signal context, so instance attributes replace
+its handlers (GUNICORN.md section 2.2) in every version. Ours record the stop
+in the state shared with the workers, then call gunicorn's own handler.
+
+On ``SIGTERM`` with a ``shutdown_delay``, the master first announces that the
+server is going away (every worker's readiness path answers 503 from the next
+request on, and responses close their keep-alive connections) and keeps its
+listeners and workers serving; its loop still reaps, respawns and watches
+timeouts. When the delay is over, the graceful stop begins and gunicorn's
+``graceful_timeout`` starts to count. A second ``SIGTERM`` skips the rest of
+the delay; ``SIGINT``/``SIGQUIT`` stop quickly at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import master_state
+from .server_config import load_settings
+from .settings import SettingsError
+
+if TYPE_CHECKING:
+    from gunicorn.arbiter import Arbiter
+
+_INSTALLED = "_graceful_gunicorn_master"
+
+
+class MasterStop:
+    """Replaces the stop handlers of one gunicorn ``Arbiter``."""
+
+    def __init__(self, server: Arbiter, state: master_state.MasterState) -> None:
+        self.server = server
+        self.state = state
+        #: When the shutdown delay ends (monotonic), while one is running.
+        self.delay_until: float | None = None
+        self._stopping = False
+        self._term: Callable[[], None] = server.handle_term
+        self._int: Callable[[], None] = server.handle_int
+        self._quit: Callable[[], None] = server.handle_quit
+        self._hup: Callable[[], None] = server.handle_hup
+        self._murder_workers: Callable[[], None] = server.murder_workers
+
+    @classmethod
+    def install(cls, server: Arbiter, state: master_state.MasterState) -> MasterStop | None:
+        """Install the handlers on ``server`` (once)."""
+        if getattr(server, _INSTALLED, None) is not None:
+            return None
+        stop = cls(server, state)
+        object.__setattr__(server, _INSTALLED, stop)
+        server.handle_term = stop.handle_term  # type: ignore[method-assign]
+        server.handle_int = stop.handle_int  # type: ignore[method-assign]
+        server.handle_quit = stop.handle_quit  # type: ignore[method-assign]
+        server.handle_hup = stop.handle_hup  # type: ignore[method-assign]
+        server.murder_workers = stop.murder_workers  # type: ignore[method-assign]
+        return stop
+
+    @property
+    def log(self) -> Any:
+        """gunicorn's error logger."""
+        return self.server.log
+
+    def handle_term(self) -> None:
+        """SIGTERM: hold the shutdown delay first, if there is one."""
+        if self.delay_until is None and not self._stopping:
+            delay = self._shutdown_delay()
+            if delay > 0:
+                self.state.announce_going_away()
+                self.delay_until = time.monotonic() + delay
+                self.log.info(
+                    "graceful_gunicorn: readiness now answers 503; serving %gs more "
+                    "before the graceful stop (shutdown_delay)",
+                    delay,
+                )
+                self._wake_up_in(delay)
+                return
+        elif self.delay_until is not None:
+            self.log.info("graceful_gunicorn: second SIGTERM, skipping the rest of shutdown_delay")
+        self._begin(master_state.STOP_TERMINATE, self._term)
+
+    def handle_int(self) -> None:
+        """SIGINT: a quick stop, also during the shutdown delay."""
+        self._begin(master_state.STOP_QUICK, self._int)
+
+    def handle_quit(self) -> None:
+        """SIGQUIT: a quick stop, also during the shutdown delay."""
+        self._begin(master_state.STOP_QUICK, self._quit)
+
+    def handle_hup(self) -> None:
+        """SIGHUP: a new generation of workers; the old ones stop with reason ``reload``."""
+        self.state.next_generation()
+        self._hup()
+
+    def murder_workers(self) -> None:
+        """Runs on every turn of the master's loop: end the delay when it is over."""
+        if self.delay_until is not None and time.monotonic() >= self.delay_until:
+            self.log.info("graceful_gunicorn: shutdown_delay over, stopping gracefully")
+            self._begin(master_state.STOP_TERMINATE, self._term)
+        self._murder_workers()
+
+    def _begin(self, kind: int, gunicorn_handler: Callable[[], None]) -> None:
+        self._stopping = True
+        self.delay_until = None
+        self.state.begin_stop(kind, time.monotonic())
+        gunicorn_handler()  # raises StopIteration: gunicorn's loop halts
+
+    def _shutdown_delay(self) -> float:
+        try:
+            settings, _ = load_settings(self.server.cfg)
+        except SettingsError:  # a bad reload was refused; start-up checked the setting
+            return 0.0
+        return settings.shutdown_delay
+
+    def _wake_up_in(self, seconds: float) -> None:
+        # gunicorn's loop waits up to 1 s for a signal; wake it when the delay ends.
+        timer = threading.Timer(seconds, self.server.wakeup)
+        timer.daemon = True
+        timer.start()

@@ -1,0 +1,87 @@
+"""The readiness endpoint, and telling a worker that its server is going away.
+
+A load balancer or Kubernetes probes ``readiness_path``; the middleware
+answers it before the app sees the request: ``200 ready`` while serving,
+``503 stopping`` once the server is going away. It answers only ``GET`` and
+``HEAD`` on that exact path and says nothing else: no version, no count, no
+stack. It only reads state; nothing a client sends can start or change a
+shutdown.
+
+Every request that sees the server going away has its connection closed
+after the response (``close_connection``, which the graceful worker points at
+gunicorn's response), and the first one also runs the ``on_going_away``
+listeners once (a graceful worker stops keeping connections alive there).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+_READY = b"ready\n"
+_STOPPING = b"stopping\n"
+_NOT_ALLOWED = b"method not allowed\n"
+
+
+def _never() -> bool:
+    return False
+
+
+def _leave_open(start_response: StartResponse) -> None:
+    pass
+
+
+class Readiness:
+    """Whether the server is going away, and the answer of the readiness path."""
+
+    def __init__(self, going_away: Callable[[], bool] = _never) -> None:
+        #: The path answered here (``None``: every path goes to the app).
+        self.path: str | None = None
+        #: Tells whether the server is going away; cheap, called on each request.
+        self.going_away = going_away
+        #: Closes the connection of the request ``start_response`` belongs to.
+        self.close_connection: Callable[[StartResponse], None] = _leave_open
+        #: True once the listeners ran.
+        self.noticed = False
+        self._listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def on_going_away(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` once, from the first request that sees the server going away."""
+        self._listeners.append(listener)
+
+    def leaving(self, start_response: StartResponse) -> None:
+        """A request saw the server going away: close its connection, tell the listeners."""
+        self.close_connection(start_response)
+        if self.noticed:
+            return
+        with self._lock:
+            if self.noticed:
+                return
+            self.noticed = True
+        for listener in self._listeners:
+            listener()
+
+    def respond(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Answer a request for :attr:`path`."""
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            status, body, extra = "405 Method Not Allowed", _NOT_ALLOWED, [("Allow", "GET, HEAD")]
+        elif self.going_away():
+            status, body, extra = "503 Service Unavailable", _STOPPING, []
+        else:
+            status, body, extra = "200 OK", _READY, []
+        start_response(
+            status,
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+                *extra,
+            ],
+        )
+        return [] if method == "HEAD" else [body]

@@ -1,0 +1,182 @@
+"""readiness_path, shutdown_delay and keep-alive during a stop (SPEC section 4).
+
+Real gunicorn masters and workers, real signals, real HTTP on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import WORKER_CLASSES
+from .server import Gunicorn, http_get, wait_until
+from .test_shutdown_signals import APP, GRACEFUL, send_in_background, worker_args
+
+READY = "/-/ready"
+
+
+def delayed(delay: float) -> dict[str, str]:
+    return {"GRACEFUL_READINESS_PATH": READY, "GRACEFUL_SHUTDOWN_DELAY": str(delay)}
+
+
+def request(
+    connection: http.client.HTTPConnection, method: str, path: str
+) -> http.client.HTTPResponse:
+    connection.request(method, path)
+    response = connection.getresponse()
+    response.read()
+    return response
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_shutdown_delay_keeps_serving_with_readiness_503(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. readiness_path and shutdown_delay=3; a kept-alive connection is open
+    2. SIGTERM the master.
+
+    Result: readiness answered 200 before; during the delay it answers 503 on
+    every new connection at once, a new connection to the app gets 200, the
+    kept-alive connection is served once more and told to close; the master
+    exits only after the delay, and the callbacks run with reason "terminate".
+    """
+    server = gunicorn([*GRACEFUL, *worker_args(worker_class), APP], delayed(3))
+    server.wait_ready(workers=2)
+    before = http_get(server.port, READY)
+    assert (before.status, before.body) == (200, b"ready\n")
+    kept = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    assert request(kept, "GET", "/hello").status == 200
+
+    server.signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    wait_until(lambda: http_get(server.port, READY, 5).status == 503, 5, "readiness 503")
+    flipped_after = time.monotonic() - signalled
+    during = [http_get(server.port, READY, 5) for _ in range(6)]
+    served = http_get(server.port, "/hello", 5)
+    last = request(kept, "GET", "/hello")
+    still_delaying = time.monotonic() - signalled < 3
+    kept.close()
+    assert server.wait_exit(20) == 0
+    exited_after = time.monotonic() - signalled
+
+    assert flipped_after < 1.5
+    assert [(r.status, r.body) for r in during] == [(503, b"stopping\n")] * 6
+    assert served.ok
+    assert last.status == 200
+    assert last.getheader("Connection", "").lower() == "close"
+    assert still_delaying, "the checks above must run during the delay"
+    assert exited_after >= 3
+    assert {e["reason"] for e in server.callbacks()} == {"terminate"}
+    assert "shutdown_delay over, stopping gracefully" in server.log()
+
+
+def test_second_sigterm_skips_the_delay_and_sigint_stops_quickly(
+    gunicorn: Callable[..., Gunicorn],
+) -> None:
+    """1. shutdown_delay=30 2. SIGTERM twice (one server), SIGTERM then SIGINT (another).
+
+    Result: each master exits within a few seconds, not after 30; the second
+    runs the callbacks with reason "quick".
+    """
+    reasons = {}
+    for second in (signal.SIGTERM, signal.SIGINT):
+        server = gunicorn([*GRACEFUL, *worker_args("sync", workers=1), APP], delayed(30))
+        server.wait_ready(workers=1)
+        server.signal(signal.SIGTERM)
+        wait_until(lambda s=server: http_get(s.port, READY, 5).status == 503, 5, "the delay")
+        started = time.monotonic()
+        server.signal(second)
+        assert server.wait_exit(15) == 0
+        assert time.monotonic() - started < 8
+        pids = set(server.worker_pids())  # both servers write to the same events file
+        reasons[second] = {e["reason"] for e in server.callbacks() if e["pid"] in pids}
+    assert reasons == {signal.SIGTERM: {"terminate"}, signal.SIGINT: {"quick"}}
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_readiness_answers_only_get_and_head_on_its_exact_path(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """Result: GET and HEAD answer 200, other methods 405, other paths reach the app."""
+    server = gunicorn([*GRACEFUL, *worker_args(worker_class, workers=1), APP], delayed(0))
+    server.wait_ready(workers=1)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        head = request(connection, "HEAD", READY)
+        post = request(connection, "POST", READY)
+        sub = request(connection, "GET", READY + "/x")
+    finally:
+        connection.close()
+    assert head.status == 200
+    assert head.getheader("Content-Length") == "6"
+    assert (post.status, post.getheader("Allow")) == (405, "GET, HEAD")
+    assert sub.status == 404  # the app's answer
+    assert server.callbacks() == []
+    assert server.process is not None and server.process.poll() is None
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_idle_kept_alive_connection_does_not_hold_the_worker(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. --keep-alive 15, graceful_timeout 30; a connection made one request
+    and stays open, idle 2. SIGTERM the master.
+
+    Result: the worker exits within a few seconds, not after the keep-alive
+    timeout nor the drain budget.
+    """
+    server = gunicorn(
+        [
+            *GRACEFUL,
+            *worker_args(worker_class, workers=1),
+            "--keep-alive",
+            "15",
+            "--graceful-timeout",
+            "30",
+            APP,
+        ]
+    )
+    server.wait_ready(workers=1)
+    idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        assert request(idle, "GET", "/hello").status == 200
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        assert server.wait_exit(40) == 0
+        took = time.monotonic() - started
+    finally:
+        idle.close()
+    print(f"{worker_class}: exit {took:.2f}s after SIGTERM with an idle kept-alive connection")
+    assert took < 4
+    assert len(server.callbacks("after_shutdown")) == 1
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_connections_waiting_in_the_backlog_are_served(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. two workers; 8 slow requests at once (two sync workers serve 2 of
+    them, the other 6 wait in the kernel's listen backlog) 2. SIGTERM the
+    master 3. the requests end.
+
+    Result: all 8 complete with 200 (plain gunicorn resets the 6 queued).
+    """
+    server = gunicorn([*GRACEFUL, *worker_args(worker_class), "--graceful-timeout", "20", APP])
+    server.wait_ready(workers=2)
+    keys = [f"q{i}" for i in range(8)]
+    results, threads = send_in_background(server, [f"/hold/{k}" for k in keys])
+    # A gthread worker may queue more connections than it has threads.
+    wait_until(lambda: len(server.events("entered")) >= 2, 10, "requests in flight")
+    time.sleep(0.3)  # not synchronisation: lets the other connections reach the server
+    server.signal(signal.SIGTERM)
+    wait_until(lambda: len(server.callbacks("before_shutdown")) == 2, 10, "the stop")
+    for key in keys:
+        server.release(key)
+    assert server.wait_exit(30) == 0
+    for thread in threads:
+        thread.join(10)
+    assert [r.status for r in results] == [200] * 8, [r.error for r in results]
