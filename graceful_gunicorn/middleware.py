@@ -19,8 +19,8 @@ A ``wsgi.file_wrapper`` response is returned as it is, with its ``close``
 hooked, so that gunicorn keeps sending it with ``sendfile()``.
 
 Given a :class:`~graceful_gunicorn.readiness.Readiness`, the middleware also
-answers its path (without counting it) and tells it about each request that
-sees the server going away.
+answers its path (without counting it) and closes the connection of each
+request served while the server goes away.
 """
 
 from __future__ import annotations
@@ -117,8 +117,8 @@ class InFlightMiddleware:
         if readiness is not None:
             if readiness.path is not None and environ.get("PATH_INFO") == readiness.path:
                 return readiness.respond(environ, start_response)
-            if readiness.going_away():
-                readiness.leaving(start_response)
+            if readiness.stopping or readiness.going_away():
+                readiness.close_connection(start_response)
         request = _Request(environ, self.requests)
         self.requests.active.add(request)
         try:

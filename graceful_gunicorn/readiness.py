@@ -7,15 +7,14 @@ answers it before the app sees the request: ``200 ready`` while serving,
 stack. It only reads state; nothing a client sends can start or change a
 shutdown.
 
-Every request that sees the server going away has its connection closed
-after the response (``close_connection``, which the graceful worker points at
-gunicorn's response), and the first one also runs the ``on_going_away``
-listeners once (a graceful worker stops keeping connections alive there).
+Every request served while the server is going away, or while this worker
+stops, has its connection closed after the response (``close_connection``,
+which the graceful worker points at gunicorn's response): clients reconnect
+through the listen socket to a worker or server that is not going away.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -43,28 +42,14 @@ class Readiness:
         self.path: str | None = None
         #: Tells whether the server is going away; cheap, called on each request.
         self.going_away = going_away
+        #: True once this worker's own shutdown began (reload, recycle, stop).
+        self.stopping = False
         #: Closes the connection of the request ``start_response`` belongs to.
         self.close_connection: Callable[[StartResponse], None] = _leave_open
-        #: True once the listeners ran.
-        self.noticed = False
-        self._listeners: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
 
-    def on_going_away(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` once, from the first request that sees the server going away."""
-        self._listeners.append(listener)
-
-    def leaving(self, start_response: StartResponse) -> None:
-        """A request saw the server going away: close its connection, tell the listeners."""
-        self.close_connection(start_response)
-        if self.noticed:
-            return
-        with self._lock:
-            if self.noticed:
-                return
-            self.noticed = True
-        for listener in self._listeners:
-            listener()
+    def closing(self) -> bool:
+        """Whether responses should close their connections now."""
+        return self.stopping or self.going_away()
 
     def respond(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Answer a request for :attr:`path`."""

@@ -18,8 +18,10 @@ def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
     """Start real gunicorn masters; every process is killed by PID at teardown."""
     with ExitStack() as stack:
 
-        def start(args: Sequence[str], env: dict[str, str] | None = None) -> Gunicorn:
-            server = Gunicorn(tmp_path, args, env)
+        def start(
+            args: Sequence[str], env: dict[str, str] | None = None, port: int | None = None
+        ) -> Gunicorn:
+            server = Gunicorn(tmp_path, args, env, port)
             stack.callback(server.stop)
             return server.start()
 

@@ -61,10 +61,16 @@ def http_get(port: int, path: str, timeout: float = 60.0) -> Response:
 class Gunicorn:
     """One gunicorn master (and its workers), started in a new session."""
 
-    def __init__(self, workdir: Path, args: Sequence[str], env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ):
         self.workdir = workdir
-        self.port = free_port()
-        self.log_path = workdir / f"gunicorn-{self.port}.log"
+        self.port = port or free_port()
+        self.log_path = workdir / f"gunicorn-{self.port}-{time.monotonic_ns()}.log"
         self.events_path = workdir / "events.jsonl"
         self.release_dir = workdir / "release"
         self.release_dir.mkdir(exist_ok=True)

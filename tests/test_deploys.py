@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from .conftest import WORKER_CLASSES
+from .load import Load
 from .server import Gunicorn, http_get, wait_until
 from .test_shutdown_signals import APP, GRACEFUL, send_in_background, worker_args
 
@@ -180,3 +181,45 @@ def test_connections_waiting_in_the_backlog_are_served(
     for thread in threads:
         thread.join(10)
     assert [r.status for r in results] == [200] * 8, [r.error for r in results]
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_reloads_and_recycling_under_load_fail_no_request(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. 8 keep-alive clients send requests all along 2. SIGHUP three times,
+    each once the new workers serve 3. then max_requests=50 recycling (a
+    second server) for the same length of load.
+
+    Result: no request fails in either server.
+    """
+    failures = {}
+    server = gunicorn([*GRACEFUL, *worker_args(worker_class), APP])
+    server.wait_ready(workers=2)
+    load = Load(server.port, "/hello", connections=8, max_seconds=60).start()
+    for reload in range(1, 4):
+        server.signal(signal.SIGHUP)
+        wait_until(
+            lambda n=reload: len(server.callbacks("after_shutdown")) == 2 * n,
+            30,
+            f"reload {reload}",
+        )
+    reloads = load.stop()
+    failures["reload"] = (reloads.sent, reloads.failed, dict(reloads.errors))
+
+    recycler = gunicorn([*GRACEFUL, *worker_args(worker_class), "--max-requests", "50", APP])
+    recycler.wait_ready(workers=2)
+    load = Load(recycler.port, "/hello", connections=8, max_seconds=60).start()
+    first = {e["pid"] for e in server.callbacks()}  # both servers share the events file
+
+    def recycled() -> list[dict[str, object]]:
+        return [e for e in recycler.callbacks("after_shutdown") if e["pid"] not in first]
+
+    wait_until(lambda: len(recycled()) >= 10, 60, "10 recycles")
+    recycles = load.stop()
+    failures["recycle"] = (recycles.sent, recycles.failed, dict(recycles.errors))
+
+    print(f"{worker_class}: (sent, failed, errors) {failures}")
+    assert failures["reload"][1:] == (0, {})
+    assert failures["recycle"][1:] == (0, {})
+    assert {e["reason"] for e in recycled()} == {"recycle"}

@@ -87,7 +87,6 @@ class GracefulWorkerMixin(_Base):
         state = master_state.current()
         if state is not None:
             lifecycle.readiness.going_away = state.going_away
-        lifecycle.readiness.on_going_away(self.stop_keeping_alive)
         lifecycle.readiness.close_connection = close_after_response
         assert self.graceful is not None  # created in init_signals, which runs first
         self.graceful.attach(lifecycle, settings)
@@ -147,15 +146,6 @@ class GracefulWorkerMixin(_Base):
         graceful.request("abort")
 
     # -- used by the coordinator thread ------------------------------------------
-
-    def stop_keeping_alive(self) -> None:
-        """From now on every response closes its connection (``Connection: close``).
-
-        gunicorn's gthread and gevent workers read ``keepalive`` from this
-        process's config copy before each request. Clients then reconnect
-        through the listen socket, to a worker or server that is not going away.
-        """
-        self.cfg.settings["keepalive"].value = 0
 
     def stop_serving(self, drain_seconds: float) -> None:
         """Stop accepting; gunicorn's own drain may take ``drain_seconds`` at most."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import select
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
@@ -16,15 +17,20 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from .base import GracefulWorkerMixin
 
+#: How long a kept-alive connection must have been idle before a stopping
+#: worker closes it: closing it just as the client sends would lose a request.
+IDLE_GRACE = 0.1
+
 
 class _Connection:
     """A client connection and whether its greenlet waits for a request on it."""
 
-    __slots__ = ("sock", "waiting", "waits")
+    __slots__ = ("sock", "waiting", "waiting_since", "waits")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.waiting = False
+        self.waiting_since = 0.0
         #: How many requests it waited for; from the second on, it was kept alive.
         self.waits = 0
 
@@ -33,6 +39,8 @@ class _Connection:
         """Waiting after a response for a next request that has not started to arrive."""
         if not self.waiting or self.waits < 2:
             return False
+        if time.monotonic() - self.waiting_since < IDLE_GRACE:
+            return False  # a busy client sends its next request within milliseconds
         try:
             readable, _, _ = select.select([self.sock], [], [], 0)
         except (OSError, ValueError):
@@ -93,6 +101,7 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
 def _waiting(connection: _Connection, timeout: AbstractContextManager[Any]) -> Iterator[None]:
     connection.waits += 1
     connection.waiting = True
+    connection.waiting_since = time.monotonic()
     try:
         with timeout:
             yield

@@ -1,0 +1,88 @@
+"""A bounded HTTP load on 127.0.0.1: keep-alive client connections in threads.
+
+Each connection sends GET requests one after another until ``stop()`` or its
+share of ``max_requests``; a response other than 200, or any connection
+error, is a failure. A response with ``Connection: close`` makes the client
+reconnect, as HTTP clients do.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LoadResult:
+    """What the clients saw."""
+
+    sent: int = 0
+    failed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+class Load:
+    """``connections`` clients sending ``path`` until stopped or bounded out."""
+
+    def __init__(
+        self,
+        port: int,
+        path: str = "/",
+        connections: int = 16,
+        max_seconds: float = 60.0,
+        max_requests: int = 200_000,
+    ) -> None:
+        self.port = port
+        self.path = path
+        self.max_seconds = max_seconds
+        self.per_connection = max(1, max_requests // connections)
+        self.result = LoadResult()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._client, daemon=True) for _ in range(connections)
+        ]
+
+    def start(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> LoadResult:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+        return self.result
+
+    def _client(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        connection = None
+        for _ in range(self.per_connection):
+            if self._stop.is_set() or time.monotonic() > deadline:
+                break
+            if connection is None:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+            error = None
+            try:
+                connection.request("GET", self.path)
+                response = connection.getresponse()
+                response.read()
+                if response.status != 200:
+                    error = f"HTTP {response.status}"
+                if response.will_close:
+                    connection.close()
+                    connection = None
+            except (OSError, http.client.HTTPException) as exc:
+                error = type(exc).__name__
+                connection.close()
+                connection = None
+            with self._lock:
+                self.result.sent += 1
+                if error is not None:
+                    self.result.failed += 1
+                    self.result.errors[error] += 1
+        if connection is not None:
+            connection.close()
