@@ -16,10 +16,16 @@ the delay; ``SIGINT``/``SIGQUIT`` stop quickly at once.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
+from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+import gunicorn
 
 from . import master_state
 from .server_config import load_settings
@@ -29,6 +35,10 @@ if TYPE_CHECKING:
     from gunicorn.arbiter import Arbiter
 
 _INSTALLED = "_graceful_gunicorn_master"
+
+#: gunicorn before 25 reads no signal while its master waits in ``stop()``, so a
+#: SIGINT/SIGQUIT during a graceful stop never reached the workers (arbiter.py).
+_MASTER_DEAF_WHILE_STOPPING = gunicorn.version_info < (25, 0)
 
 
 class MasterStop:
@@ -107,7 +117,17 @@ class MasterStop:
         self._stopping = True
         self.delay_until = None
         self.state.begin_stop(kind, time.monotonic())
+        if kind == master_state.STOP_TERMINATE and _MASTER_DEAF_WHILE_STOPPING:
+            for sig in (signal.SIGINT, signal.SIGQUIT):
+                signal.signal(sig, self._relay_quick_stop)
         gunicorn_handler()  # raises StopIteration: gunicorn's loop halts
+
+    def _relay_quick_stop(self, sig: int, frame: FrameType | None) -> None:
+        # Signal context, during gunicorn's stop(): record, then only os.kill.
+        self.state.begin_stop(master_state.STOP_QUICK, time.monotonic())
+        for pid in list(self.server.WORKERS):
+            with suppress(OSError):
+                os.kill(pid, signal.SIGQUIT)
 
     def _shutdown_delay(self) -> float:
         try:

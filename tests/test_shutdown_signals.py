@@ -134,8 +134,10 @@ def test_sigint_right_after_writes_loses_none(
         server.signal(signal.SIGINT)
         server.wait_exit(20)
         import sqlite3
+        from contextlib import closing
 
-        with sqlite3.connect(db) as connection:
+        # "with connection" only commits; Python 3.13 warns about a connection left open.
+        with closing(sqlite3.connect(db)) as connection:
             (saved[mode],) = connection.execute("SELECT COUNT(*) FROM items").fetchone()
     assert saved["graceful"] == 200
     assert saved["plain"] < 200
@@ -292,3 +294,70 @@ def test_second_sigint_ends_the_worker_at_once(
     server.wait_exit(10)
     assert time.monotonic() - started < 3
     assert "second quick stop signal, exiting now" in server.log()
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_sigint_during_graceful_stop_skips_the_drain(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. a request is held in flight 2. SIGTERM the master 3. once before_shutdown
+    ran, SIGINT the master alone (not its process group).
+
+    Result: the worker stops draining and runs on_shutdown and after_shutdown
+    with reason "quick"; the master exits long before graceful_timeout, with
+    the request still held. gunicorn before 25 does not pass this SIGINT on.
+    """
+    server = gunicorn(
+        [*GRACEFUL, *worker_args(worker_class, workers=1), "--graceful-timeout", "30", APP]
+    )
+    server.wait_ready(workers=1)
+    _, threads = send_in_background(server, ["/hold/held"])
+    wait_until(lambda: len(server.events("entered")) == 1, 20, "the request in flight")
+    server.signal(signal.SIGTERM)
+    wait_until(lambda: server.callbacks("before_shutdown"), 20, "before_shutdown")
+    started = time.monotonic()
+    server.signal(signal.SIGINT)
+    server.wait_exit(20)
+    assert time.monotonic() - started < 8
+    assert [e["name"] for e in server.callbacks("on_shutdown")] == ["o2", "o1"]
+    assert {e["reason"] for e in server.callbacks("on_shutdown")} == {"quick"}
+    assert len(server.callbacks("after_shutdown")) == 1
+    assert server.events("finished") == []
+    server.release("held")
+    for thread in threads:
+        thread.join(10)
+
+
+def test_idle_keepalive_connection_does_not_stall_a_recycle(
+    gunicorn: Callable[..., Gunicorn],
+) -> None:
+    """1. a gthread worker with max_requests=3 and timeout=4 2. one request on a
+    connection that is then kept alive and idle 3. a third request recycles it.
+
+    Result: the worker runs its callbacks with reason "recycle" within a few
+    seconds and the master never times it out (gunicorn 24-26 wait for an idle
+    keep-alive connection until graceful_timeout, without heartbeats).
+    """
+    import http.client
+
+    server = gunicorn(
+        [
+            *GRACEFUL,
+            *worker_args("gthread", workers=1),
+            *("--max-requests", "3", "--timeout", "4", "--keep-alive", "5"),
+            *("--graceful-timeout", "20", APP),
+        ]
+    )
+    server.wait_ready(workers=1)  # its request is the first of three
+    idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        idle.request("GET", "/hello")
+        assert idle.getresponse().read() == b"hello\n"
+        started = time.monotonic()
+        assert http_get(server.port, "/hello").ok
+        wait_until(lambda: server.callbacks("after_shutdown"), 15, "the recycle")
+        assert time.monotonic() - started < 5
+    finally:
+        idle.close()
+    assert {e["reason"] for e in server.callbacks()} == {"recycle"}
+    assert "WORKER TIMEOUT" not in server.log()

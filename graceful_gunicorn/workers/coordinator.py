@@ -27,6 +27,8 @@ import traceback
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
+import gunicorn
+
 from .. import master_state
 from ..context import QUICK_REASONS, Reason
 from ..lifecycle import Lifecycle, ShutdownSequence
@@ -51,6 +53,10 @@ class StoppableWorker(Protocol):
 #: How long after its callbacks a worker may take to exit before it is ended
 #: with ``os._exit`` (a non-daemon thread, a hung ``worker_exit`` hook).
 EXIT_GRACE = 1.0
+
+#: gunicorn 25+ SIGKILLs the workers 2 s after a SIGINT/SIGQUIT that interrupts
+#: its graceful stop (arbiter.py ``stop()``); earlier masters keep graceful_timeout.
+MASTER_QUICK_LIMIT = 2.0 if gunicorn.version_info >= (25, 0) else None
 
 
 class WorkerShutdown:
@@ -91,11 +97,23 @@ class WorkerShutdown:
         elif reason in QUICK_REASONS and self.requested not in QUICK_REASONS:
             sequence = self.sequence
             if sequence is not None:
-                sequence.escalate(time.monotonic() + self.settings.quick_shutdown_timeout)
+                sequence.escalate(time.monotonic() + self._escalated_budget())
         try:
             os.write(self._wake_write, b"!")
         except OSError:  # the pipe is full: the coordinator is awake anyway
             pass
+
+    def _escalated_budget(self) -> float:
+        budget = self.settings.quick_shutdown_timeout
+        state = master_state.current()
+        if (
+            MASTER_QUICK_LIMIT is not None
+            and state is not None
+            and state.stop_kind == master_state.STOP_TERMINATE
+        ):
+            # The master relayed it from inside its stop(): its new limit is near.
+            budget = min(budget, MASTER_QUICK_LIMIT - safety_margin(MASTER_QUICK_LIMIT))
+        return budget
 
     def term_reason(self) -> Reason:
         """Why this worker got SIGTERM, as the master recorded it."""

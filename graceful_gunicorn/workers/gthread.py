@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
-from gunicorn.workers.gthread import ThreadWorker
+import threading
+import time
+from contextlib import AbstractContextManager, suppress
+from functools import partial
+
+import gunicorn
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from .base import GracefulWorkerMixin
+
+#: gunicorn before 24 leaves its loop as soon as ``alive`` is False and drops the
+#: connections still in its poller: accepted but not yet readable (21-23) and idle
+#: keep-alive ones, which are reset at exit (GUNICORN.md 3.8).
+_DROPS_POLLED_CONNECTIONS = gunicorn.version_info < (24, 0)
+
+#: gunicorn 24-26 drain without heartbeats and wait for idle keep-alive connections
+#: until graceful_timeout (their run() only murders them after a blocking select).
+_HOLDS_IDLE_KEEPALIVE = (24, 0) <= gunicorn.version_info < (27, 0)
+
+#: How long, at most, the loop of gunicorn before 24 keeps serving the connections
+#: in its poller once it was told to stop (gunicorn 27 lingers as long).
+POLLED_LINGER = 2.0
 
 
 class GracefulThread(GracefulWorkerMixin, ThreadWorker):
@@ -13,3 +32,76 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
     Requests run in the thread pool, so the main thread is never stuck in one;
     the in-flight count covers requests that outlive gunicorn's own drain.
     """
+
+    _serving = True
+    _linger_until: float | None = None
+    _lingered = False
+    _lock: AbstractContextManager[object]  # gunicorn before 24 only
+
+    @property
+    def alive(self) -> bool:
+        """False once told to stop; gunicorn's loop (before 24) sees it after a linger."""
+        if (
+            self._serving
+            or not _DROPS_POLLED_CONNECTIONS
+            or self._lingered
+            or threading.current_thread() is not threading.main_thread()
+        ):
+            return self._serving
+        return self._serve_polled_connections()
+
+    @alive.setter
+    def alive(self, value: bool) -> None:
+        graceful = getattr(self, "graceful", None)  # unset while Worker.__init__ runs
+        if not value and self._serving and graceful is not None and graceful.requested is None:
+            # gunicorn stops by itself (max_requests): start our sequence now, so
+            # that its drain gets heartbeats and a keep-alive linger.
+            graceful.request("recycle")
+        self._serving = value
+
+    def stop_serving(self, drain_seconds: float) -> None:
+        """Stop accepting; on gunicorn 24-26, close idle keep-alive connections after a linger."""
+        super().stop_serving(drain_seconds)
+        if not _HOLDS_IDLE_KEEPALIVE:
+            return
+        linger = min(POLLED_LINGER, drain_seconds)
+        self.method_queue.defer(self._cap_idle_keepalive, time.monotonic() + linger)
+        wake = threading.Timer(linger, self.method_queue.defer, (self.murder_keepalived,))
+        wake.daemon = True
+        wake.start()
+
+    def _cap_idle_keepalive(self, deadline: float) -> None:
+        # In gunicorn's main loop; the deque stays sorted by timeout.
+        for conn in self.keepalived_conns:
+            if conn.timeout is None or conn.timeout > deadline:
+                conn.timeout = deadline
+
+    def _serve_polled_connections(self) -> bool:
+        """Keep gunicorn's loop (before 24) running for the connections it would drop.
+
+        Runs in its main loop: stops accepting, lets the connections already
+        accepted send their request (answered with ``Connection: close``, as
+        ``alive`` is False in the request threads) for ``POLLED_LINGER`` at
+        most, then closes the ones that sent nothing.
+        """
+        now = time.monotonic()
+        if self._linger_until is None:
+            self._linger_until = now + min(POLLED_LINGER, float(self.cfg.graceful_timeout))
+            for listener in self.sockets:
+                with suppress(KeyError, ValueError, OSError):
+                    self.poller.unregister(listener)
+        with self._lock:
+            polled = [
+                key.data.args[0]
+                for key in self.poller.get_map().values()
+                if isinstance(key.data, partial) and key.data.args
+            ]
+            waiting = [conn for conn in polled if isinstance(conn, TConn)]
+            if waiting and now < self._linger_until:
+                return True
+            for conn in waiting:
+                with suppress(KeyError, ValueError, OSError):
+                    self.poller.unregister(conn.sock)
+                conn.close()
+        self._lingered = True
+        return False
