@@ -200,10 +200,11 @@ def test_reloads_and_recycling_under_load_fail_no_request(
     for reload in range(1, 4):
         server.signal(signal.SIGHUP)
         wait_until(
-            lambda n=reload: len(server.callbacks("after_shutdown")) == 2 * n,
+            lambda n=reload: len(server.callbacks("after_shutdown")) >= 2 * n,
             30,
             f"reload {reload}",
         )
+        print(f"reload {reload} done after {load.result.sent} requests")
     reloads = load.stop()
     failures["reload"] = (reloads.sent, reloads.failed, dict(reloads.errors))
 

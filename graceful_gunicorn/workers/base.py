@@ -23,7 +23,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import master_state
-from ..context import PHASES, QUICK_REASONS
+from ..context import PHASES
 from ..lifecycle import Lifecycle, find_lifecycle
 from ..server_config import check_lifecycle_fits, load_settings
 from ..settings import SettingsError
@@ -128,11 +128,14 @@ class GracefulWorkerMixin(_Base):
         if graceful.done.is_set() and not graceful.loop_finished.is_set():
             # Sent by interrupt_main(): leave the request the main thread is stuck in.
             raise SystemExit(0)
-        if graceful.requested in QUICK_REASONS:
-            if time.monotonic() - graceful.requested_at < SAME_STOP_WINDOW:
-                return  # Ctrl+C reaches every process of the group, then the master relays it
+        if graceful.quick_signal is not None:
+            if sig != graceful.quick_signal:
+                return  # Ctrl+C's SIGINT reached us; this is the master relaying it as SIGQUIT
+            if time.monotonic() - graceful.quick_at < SAME_STOP_WINDOW:
+                return  # the same keystroke, delivered twice
             os.write(2, b"graceful_gunicorn: second quick stop signal, exiting now\n")
             os._exit(0)
+        graceful.quick_signal, graceful.quick_at = sig, time.monotonic()
         graceful.request("quick")
 
     def handle_abort(self, sig: int, frame: FrameType | None) -> None:

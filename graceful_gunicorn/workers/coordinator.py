@@ -72,6 +72,9 @@ class WorkerShutdown:
         self.settings = Settings()
         self.requested: Reason | None = None
         self.requested_at = 0.0
+        #: The first SIGINT/SIGQUIT this worker got; only the same signal again is a second one.
+        self.quick_signal: int | None = None
+        self.quick_at = 0.0
         self.sequence: ShutdownSequence | None = None
         #: Set once the callbacks are over.
         self.done = threading.Event()
