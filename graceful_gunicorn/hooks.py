@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import gunicorn
 
-from . import master_state
+from . import master_state, worker_reports
 from .lifecycle import find_lifecycle
 from .master import MasterStop
 from .server_config import check_lifecycle_fits, graceful_worker_class, load_settings
@@ -50,11 +50,20 @@ def on_reload(server: Arbiter) -> None:
     _install(server)
 
 
+def on_exit(server: Arbiter) -> None:
+    """Master, last: the shutdown summary and JSON report."""
+    stop = MasterStop.of(server)
+    if stop is not None:
+        stop.report()
+    worker_reports.remove()
+
+
 _OUR_HOOKS: dict[str, tuple[int, Callable[..., None]]] = {
     "nworkers_changed": (3, nworkers_changed),
     "on_starting": (1, on_starting),
     "when_ready": (1, when_ready),
     "on_reload": (1, on_reload),
+    "on_exit": (1, on_exit),
 }
 
 
@@ -151,6 +160,7 @@ def _check_preloaded_app(server: Arbiter) -> None:
 def _take_over_master_signals(server: Arbiter) -> None:
     """Share state with the workers (before the first fork) and handle the stop signals."""
     state = master_state.create()
+    worker_reports.create()
     if MasterStop.install(server, state) is not None:
         _log(server).info(
             "graceful_gunicorn: graceful shutdown on (graceful_timeout=%ss)",
@@ -158,4 +168,4 @@ def _take_over_master_signals(server: Arbiter) -> None:
         )
 
 
-__all__ = ["nworkers_changed", "on_reload", "on_starting", "when_ready"]
+__all__ = ["nworkers_changed", "on_exit", "on_reload", "on_starting", "when_ready"]

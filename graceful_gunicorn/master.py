@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import gunicorn
 
-from . import master_state
+from . import master_state, worker_reports
 from .server_config import load_settings
-from .settings import SettingsError
+from .settings import Settings, SettingsError
+from .summary import MasterStopRecord, report
 
 if TYPE_CHECKING:
     from gunicorn.arbiter import Arbiter
@@ -50,6 +51,8 @@ class MasterStop:
         #: When the shutdown delay ends (monotonic), while one is running.
         self.delay_until: float | None = None
         self._stopping = False
+        #: Why and when the master stops, once it does.
+        self.record: MasterStopRecord | None = None
         self._term: Callable[[], None] = server.handle_term
         self._int: Callable[[], None] = server.handle_int
         self._quit: Callable[[], None] = server.handle_quit
@@ -70,6 +73,12 @@ class MasterStop:
         server.murder_workers = stop.murder_workers  # type: ignore[method-assign]
         return stop
 
+    @classmethod
+    def of(cls, server: Arbiter) -> MasterStop | None:
+        """The handlers installed on ``server``, if any."""
+        stop = getattr(server, _INSTALLED, None)
+        return stop if isinstance(stop, cls) else None
+
     @property
     def log(self) -> Any:
         """gunicorn's error logger."""
@@ -78,7 +87,8 @@ class MasterStop:
     def handle_term(self) -> None:
         """SIGTERM: hold the shutdown delay first, if there is one."""
         if self.delay_until is None and not self._stopping:
-            delay = self._shutdown_delay()
+            delay = self._settings().shutdown_delay
+            self._record("terminate", "SIGTERM", delay)
             if delay > 0:
                 self.state.announce_going_away()
                 self.delay_until = time.monotonic() + delay
@@ -95,10 +105,12 @@ class MasterStop:
 
     def handle_int(self) -> None:
         """SIGINT: a quick stop, also during the shutdown delay."""
+        self._record("quick", "SIGINT", 0.0)
         self._begin(master_state.STOP_QUICK, self._int)
 
     def handle_quit(self) -> None:
         """SIGQUIT: a quick stop, also during the shutdown delay."""
+        self._record("quick", "SIGQUIT", 0.0)
         self._begin(master_state.STOP_QUICK, self._quit)
 
     def handle_hup(self) -> None:
@@ -114,6 +126,8 @@ class MasterStop:
         self._murder_workers()
 
     def _begin(self, kind: int, gunicorn_handler: Callable[[], None]) -> None:
+        if not self._stopping and self.record is not None:
+            self.record.workers = sorted(self.server.WORKERS)
         self._stopping = True
         self.delay_until = None
         self.state.begin_stop(kind, time.monotonic())
@@ -129,12 +143,25 @@ class MasterStop:
             with suppress(OSError):
                 os.kill(pid, signal.SIGQUIT)
 
-    def _shutdown_delay(self) -> float:
+    def _record(self, reason: str, signal_name: str, delay: float) -> None:
+        if self.record is None:
+            self.record = MasterStopRecord(reason, signal_name, time.monotonic(), delay)
+        elif reason == "quick":
+            self.record.reason, self.record.signal = reason, f"{self.record.signal}+{signal_name}"
+
+    def _settings(self) -> Settings:
         try:
             settings, _ = load_settings(self.server.cfg)
-        except SettingsError:  # a bad reload was refused; start-up checked the setting
-            return 0.0
-        return settings.shutdown_delay
+        except SettingsError:  # a bad reload was refused; start-up checked the settings
+            return Settings()
+        return settings
+
+    def report(self) -> None:
+        """On exit: log the shutdown summary and JSON report (and save it if asked to)."""
+        if self.record is None:
+            return
+        reports = worker_reports.collect(self.record.workers)
+        report(self.log, self.record, reports, self._settings().shutdown_report_path)
 
     def _wake_up_in(self, seconds: float) -> None:
         # gunicorn's loop waits up to 1 s for a signal; wake it when the delay ends.

@@ -41,6 +41,8 @@ class Settings:
     shutdown_callback_timeout: float = 5.0
     #: Budget of all callbacks on a quick stop (SIGINT/SIGQUIT) or an abort.
     quick_shutdown_timeout: float = 2.0
+    #: File the master writes the JSON shutdown report to (it is always logged too).
+    shutdown_report_path: str | None = None
 
     @classmethod
     def names(cls) -> list[str]:
@@ -96,6 +98,8 @@ def safety_margin(graceful_timeout: float) -> float:
 def _parse(name: str, raw: Any, source: str) -> Any:
     if name == "readiness_path":
         return _parse_path(raw, source)
+    if name == "shutdown_report_path":
+        return _parse_file(raw, source)
     return _parse_seconds(raw, source)
 
 
@@ -123,4 +127,12 @@ def _parse_path(raw: Any, source: str) -> str | None:
         raise SettingsError(
             f"{source} must be a URL path starting with '/' without spaces, '?' or '#', got {raw!r}"
         )
+    return raw
+
+
+def _parse_file(raw: Any, source: str) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or "\0" in raw or raw.endswith("/"):
+        raise SettingsError(f"{source} must be the path of a file, got {raw!r}")
     return raw

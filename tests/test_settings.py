@@ -37,6 +37,7 @@ def test_defaults() -> None:
         "readiness_path",
         "shutdown_callback_timeout",
         "quick_shutdown_timeout",
+        "shutdown_report_path",
     ]
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import gunicorn
 
-from .. import master_state
+from .. import master_state, worker_reports
 from ..context import QUICK_REASONS, Reason
 from ..lifecycle import Lifecycle, ShutdownSequence
 from ..settings import Settings, safety_margin
@@ -190,7 +190,10 @@ class WorkerShutdown:
             # 4. release resources, then the last word
             sequence.run_phase("on_shutdown")
             sequence.run_phase("after_shutdown")
-            sequence.finish()
+            report = sequence.finish()
+            state = master_state.current()
+            if state is not None and state.stop_kind != master_state.STOP_NONE:
+                worker_reports.write(report.as_dict())  # the master's summary reads it
         except BaseException:
             log.exception("graceful_gunicorn: shutdown sequence failed")
         finally:

@@ -1,0 +1,112 @@
+"""The master's shutdown summary and JSON report, after real shutdowns."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .server import Gunicorn, wait_until
+from .test_shutdown_signals import APP, GRACEFUL, worker_args
+
+
+def logged_report(server: Gunicorn) -> dict[str, Any]:
+    (line,) = re.findall(r"graceful_gunicorn: shutdown report (\{.*\})", server.log())
+    report: dict[str, Any] = json.loads(line)
+    return report
+
+
+def test_report_names_each_callback_outcome(
+    gunicorn: Callable[..., Gunicorn], tmp_path: Path
+) -> None:
+    """1. two workers; on_shutdown has a hanging and a raising callback;
+    shutdown_report_path is set 2. SIGTERM.
+
+    Result: the summary line counts 2 clean workers and the failed and timed
+    out callbacks; the JSON report (logged, and in the file, mode 0600) names
+    each callback with its outcome and duration, and each phase.
+    """
+    path = tmp_path / "report.json"
+    server = gunicorn(
+        [*GRACEFUL, *worker_args("gthread"), "--graceful-timeout", "20", APP],
+        {"MISBEHAVE": "hang,raise", "GRACEFUL_SHUTDOWN_REPORT_PATH": str(path)},
+    )
+    server.wait_ready(workers=2)
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(20) == 0
+
+    assert (
+        "shutdown summary (terminate, SIGTERM): 2 of 2 worker(s) stopped cleanly, 0 killed; "
+        "0 request(s) drained, 0 abandoned; callbacks 8 ok, 2 failed, 2 timed out, 0 skipped"
+    ) in server.log()
+    saved = json.loads(path.read_text())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert saved == logged_report(server)
+    assert saved["workers"] == {"stopped": 2, "clean": 2, "killed": 0}
+    assert saved["callbacks"] == {"ok": 8, "error": 2, "timeout": 2, "skipped": 0}
+    for worker in saved["worker_reports"]:
+        outcomes = {c["name"].rsplit(".", 1)[-1]: c["outcome"] for c in worker["callbacks"]}
+        assert outcomes == {
+            "b1": "ok",
+            "hang": "timeout",
+            "boom": "error",
+            "o2": "ok",
+            "o1": "ok",
+            "a1": "ok",
+        }
+        assert all(c["duration"] >= 0 for c in worker["callbacks"])
+        boom = next(c for c in worker["callbacks"] if c["outcome"] == "error")
+        assert "boom from a callback" in boom["error"]
+        phases = [p["name"] for p in worker["phases"]]
+        assert phases == ["before_shutdown", "drain", "on_shutdown", "after_shutdown"]
+
+
+def test_summary_counts_a_worker_killed_mid_shutdown(gunicorn: Callable[..., Gunicorn]) -> None:
+    """1. two workers, a slow on_shutdown callback 2. SIGTERM 3. SIGKILL one
+    worker while its callbacks run.
+
+    Result: the other worker stops cleanly; the summary counts one killed and
+    names its pid.
+    """
+    server = gunicorn(
+        [*GRACEFUL, *worker_args("sync"), "--graceful-timeout", "20", APP], {"MISBEHAVE": "slow"}
+    )
+    server.wait_ready(workers=2)
+    victim = server.worker_pids()[0]
+    server.signal(signal.SIGTERM)
+    wait_until(lambda: len(server.callbacks("before_shutdown")) == 2, 10, "both workers stopping")
+    os.kill(victim, signal.SIGKILL)
+    assert server.wait_exit(20) == 0
+
+    report = logged_report(server)
+    assert report["workers"] == {"stopped": 2, "clean": 1, "killed": 1}
+    assert report["killed_pids"] == [victim]
+    assert "1 of 2 worker(s) stopped cleanly, 1 killed" in server.log()
+    assert [e["pid"] for e in server.callbacks("after_shutdown")] != [victim]
+
+
+def test_report_file_is_never_written_through_a_symlink(
+    gunicorn: Callable[..., Gunicorn], tmp_path: Path
+) -> None:
+    """1. shutdown_report_path is a symlink to another file 2. SIGTERM.
+
+    Result: the file it points to is untouched; the error names the setting.
+    """
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    link = tmp_path / "report.json"
+    link.symlink_to(target)
+    server = gunicorn(
+        [*GRACEFUL, *worker_args("sync", workers=1), APP],
+        {"GRACEFUL_SHUTDOWN_REPORT_PATH": str(link)},
+    )
+    server.wait_ready(workers=1)
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(20) == 0
+    assert target.read_text() == "keep me\n"
+    assert "cannot write shutdown_report_path" in server.log()
