@@ -77,7 +77,7 @@ class Lifecycle:
         self.requests = InFlight()
         #: The readiness path and whether the server is going away (the
         #: graceful worker points it at the master's state).
-        self.readiness = Readiness(going_away=lambda: self.draining)
+        self.readiness = Readiness()
         self._invoke = invoke or _call_directly
         self._registrations: dict[Phase, list[Registration]] = {p: [] for p in PHASES}
         self._sequence: ShutdownSequence | None = None
@@ -228,6 +228,7 @@ class Lifecycle:
             raise ValueError(f"reason must be one of {sorted(REASONS)}, got {reason!r}")
         if self._sequence is None:
             self._sequence = ShutdownSequence(self, reason, deadline, heartbeat, log)
+            self.readiness.stopping = True  # responses close their connections from now on
         return self._sequence
 
     def shutdown(

@@ -38,6 +38,11 @@ class MasterState:
         going_away = self._map[0]
         _LAYOUT.pack_into(self._map, 0, going_away, kind, generation, stop_at)
 
+    @property
+    def flag(self) -> mmap.mmap:
+        """The shared memory itself: byte 0 is non-zero once the server is going away."""
+        return self._map
+
     def going_away(self) -> bool:
         """Whether the server is shutting down (cheap enough for every request)."""
         return self._map[0] != 0

@@ -48,16 +48,18 @@ class RequestInfo:
 
 
 class _Request:
-    """One request in flight; also the response iterable handed to the server."""
+    """One request in flight; also the response iterable handed to the server.
 
-    __slots__ = ("environ", "iterable", "requests", "started", "thread_id")
+    Built without ``__init__`` by the middleware: this is on every request's path.
+    """
 
-    def __init__(self, environ: WSGIEnvironment, requests: InFlight) -> None:
-        self.environ = environ
-        self.started = time.monotonic()
-        self.thread_id = threading.get_ident()
-        self.iterable: Iterable[bytes] = ()
-        self.requests = requests
+    __slots__ = ("active", "environ", "iterable", "started", "thread_id")
+
+    active: set[Any]
+    environ: WSGIEnvironment
+    iterable: Iterable[bytes]
+    started: float
+    thread_id: int
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self.iterable)
@@ -68,7 +70,12 @@ class _Request:
             if close is not None:
                 close()
         finally:
-            self.requests.active.discard(self)
+            self.active.discard(self)
+
+
+_new_request = object.__new__
+_monotonic = time.monotonic
+# threading.get_ident is looked up on each call: gevent patches it after import.
 
 
 class InFlight:
@@ -117,18 +124,23 @@ class InFlightMiddleware:
         if readiness is not None:
             if readiness.path is not None and environ.get("PATH_INFO") == readiness.path:
                 return readiness.respond(environ, start_response)
-            if readiness.stopping or readiness.going_away():
+            if readiness.stopping or readiness.server_flag[0]:
                 readiness.close_connection(start_response)
-        request = _Request(environ, self.requests)
-        self.requests.active.add(request)
+        request = _new_request(_Request)
+        request.environ = environ
+        request.started = _monotonic()
+        request.thread_id = threading.get_ident()
+        request.iterable = ()
+        active = request.active = self.requests.active
+        active.add(request)
         try:
             iterable = self.app(environ, start_response)
         except BaseException:
-            self.requests.active.discard(request)
+            active.discard(request)
             raise
-        file_wrapper = environ.get("wsgi.file_wrapper")
-        # PEP 3333 only asks for a callable; only a class can be checked against.
-        if isinstance(file_wrapper, type) and isinstance(iterable, file_wrapper):
+        # PEP 3333 only asks for a callable; gunicorn's is a class, whose exact
+        # type a file response has.
+        if type(iterable) is environ.get("wsgi.file_wrapper"):
             return cast("Iterable[bytes]", _hook_close(iterable, request))
         request.iterable = iterable
         return request
@@ -147,7 +159,7 @@ def _hook_close(file_response: Any, request: _Request) -> Any:
             if original is not None:
                 original()
         finally:
-            request.requests.active.discard(request)
+            request.active.discard(request)
 
     file_response.close = close
     return file_response

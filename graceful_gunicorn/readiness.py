@@ -16,7 +16,7 @@ through the listen socket to a worker or server that is not going away.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -26,8 +26,10 @@ _STOPPING = b"stopping\n"
 _NOT_ALLOWED = b"method not allowed\n"
 
 
-def _never() -> bool:
-    return False
+class ByteFlag(Protocol):
+    """One byte read by index: a ``bytearray`` or the master's shared ``mmap``."""
+
+    def __getitem__(self, index: int, /) -> int: ...
 
 
 def _leave_open(start_response: StartResponse) -> None:
@@ -37,19 +39,27 @@ def _leave_open(start_response: StartResponse) -> None:
 class Readiness:
     """Whether the server is going away, and the answer of the readiness path."""
 
-    def __init__(self, going_away: Callable[[], bool] = _never) -> None:
+    def __init__(self) -> None:
         #: The path answered here (``None``: every path goes to the app).
         self.path: str | None = None
-        #: Tells whether the server is going away; cheap, called on each request.
-        self.going_away = going_away
-        #: True once this worker's own shutdown began (reload, recycle, stop).
+        #: True once this process's own shutdown began (any reason).
         self.stopping = False
+        #: Non-zero at index 0 once the whole server is going away. A graceful
+        #: worker points it at its master's shared memory; the middleware
+        #: reads it on every request, so it is a byte, not a method call.
+        self.server_flag: ByteFlag = bytearray(1)
+        #: Without a master to say so, this process stopping is the server going away.
+        self.standalone = True
         #: Closes the connection of the request ``start_response`` belongs to.
         self.close_connection: Callable[[StartResponse], None] = _leave_open
 
+    def going_away(self) -> bool:
+        """Whether the server is shutting down (readiness answers 503)."""
+        return bool(self.server_flag[0]) or (self.standalone and self.stopping)
+
     def closing(self) -> bool:
         """Whether responses should close their connections now."""
-        return self.stopping or self.going_away()
+        return self.stopping or bool(self.server_flag[0])
 
     def respond(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Answer a request for :attr:`path`."""

@@ -86,7 +86,8 @@ class GracefulWorkerMixin(_Base):
         lifecycle.readiness.path = settings.readiness_path
         state = master_state.current()
         if state is not None:
-            lifecycle.readiness.going_away = state.going_away
+            lifecycle.readiness.server_flag = state.flag
+            lifecycle.readiness.standalone = False
         lifecycle.readiness.close_connection = close_after_response
         assert self.graceful is not None  # created in init_signals, which runs first
         self.graceful.attach(lifecycle, settings)

@@ -165,7 +165,6 @@ class WorkerShutdown:
             reason, deadline=self._deadline(reason), heartbeat=self.worker.notify, log=log
         )
         self.sequence = sequence
-        lifecycle.readiness.stopping = True  # responses close their connections from now on
         try:
             log.info(
                 "graceful_gunicorn: shutdown started (reason %s, pid %s): %.2fs left, "
