@@ -1,0 +1,76 @@
+"""``python -m graceful_gunicorn check``: the timeline, and its exit status."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from .server import REPO
+
+CONFIG = ["-c", "example_app/gunicorn.conf.py"]
+
+
+def check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "graceful_gunicorn", "check", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_plan_that_fits_prints_the_timeline_and_exits_0() -> None:
+    """The example app's config, a 10 s delay and a 45 s grace period fit."""
+    result = check(*CONFIG, "--grace-period", "45", env={"GRACEFUL_SHUTDOWN_DELAY": "10"})
+    assert result.returncode == 0, result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert "0.0s  SIGTERM: readiness answers 503; still serving for shutdown_delay=10s" in lines
+    assert any(line.startswith("10.0s  graceful stop") for line in lines)
+    # example_app: on_shutdown(timeout=10) + after_shutdown (5 s default) = 15 s kept
+    assert (
+        "24.0s  drain deadline: on_shutdown, after_shutdown (15s kept: the sum of their timeouts)"
+    ) in lines
+    assert (
+        "40.0s  master's deadline (graceful_timeout=30s): workers still alive are killed" in lines
+    )
+    assert "45.0s  platform grace period: 5s to spare" in lines
+
+
+def test_a_grace_period_too_short_exits_1() -> None:
+    assert check(*CONFIG, "--grace-period", "35").returncode == 0  # 30 s fit in 35
+    result = check(*CONFIG, "--grace-period", "35", env={"GRACEFUL_SHUTDOWN_DELAY": "10"})
+    assert result.returncode == 1
+    assert "platform grace period: TOO SHORT" in result.stdout
+    assert "grace period 35s is shorter than shutdown_delay + graceful_timeout = 40s" in (
+        result.stderr
+    )
+
+
+def test_callbacks_longer_than_graceful_timeout_exit_1() -> None:
+    result = check(*CONFIG, "--graceful-timeout", "12")
+    assert result.returncode == 1
+    assert "the on_shutdown and after_shutdown callbacks may take 15 seconds" in result.stderr
+
+
+def test_a_bad_setting_exits_1_naming_it() -> None:
+    result = check(
+        "-c",
+        "python:graceful_gunicorn.conf",
+        "example_app.app:app",
+        env={"GRACEFUL_QUICK_SHUTDOWN_TIMEOUT": "abc"},
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "graceful_gunicorn check: GRACEFUL_QUICK_SHUTDOWN_TIMEOUT must be a number of seconds "
+        "between 0 and 86400, got 'abc'"
+    ]
+
+
+def test_without_an_app_the_callback_budget_is_unknown() -> None:
+    result = check("-c", "python:graceful_gunicorn.conf")
+    assert result.returncode == 0, result.stderr
+    assert "budget unknown: name the app to count its callbacks" in result.stdout
