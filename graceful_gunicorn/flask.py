@@ -10,7 +10,8 @@
 
 The extension is a thin layer over :class:`~graceful_gunicorn.lifecycle.Lifecycle`:
 each app gets one lifecycle, kept in ``app.extensions["graceful_gunicorn"]``,
-and its ``wsgi_app`` is wrapped in the in-flight middleware.
+and its ``wsgi_app`` is wrapped in the in-flight middleware. Under ``flask
+run`` the callbacks run once when the server exits (:mod:`.dev_server`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any
 
-from flask import Flask, current_app, has_app_context
+from flask import Flask, current_app, has_app_context, request
 
+from . import dev_server
 from .callbacks import CallbackT
 from .context import Phase
 from .lifecycle import EXTENSION_KEY, Lifecycle
@@ -31,6 +33,21 @@ def _in_app_context(app: Flask) -> Callable[[Callable[[], Any]], Any]:
             return func()
 
     return invoke
+
+
+def _arm_for_dev_server(app: Flask, lifecycle: Lifecycle) -> None:
+    """Under ``flask run``: run the callbacks once when the serving process exits."""
+    if dev_server.is_reloader_child():
+        dev_server.arm(lifecycle)
+        return
+
+    def arm_on_first_request() -> None:
+        # Only under flask run; left in place (removing it while Flask iterates
+        # the list would skip the next function).
+        if dev_server.is_dev_server_request(request.environ):
+            dev_server.arm(lifecycle)
+
+    app.before_request(arm_on_first_request)
 
 
 class GracefulShutdown:
@@ -62,6 +79,8 @@ class GracefulShutdown:
         for phase, func, options in self._registrations:
             lifecycle.register(phase, func, **options)
         self._lifecycles.append(lifecycle)
+        if dev_server.under_flask_run():
+            _arm_for_dev_server(app, lifecycle)
 
     def _register(
         self,
