@@ -1,0 +1,161 @@
+"""``python -m benchmarks``: every benchmark, plain gunicorn side by side with ours.
+
+Writes ``benchmarks/results.md`` (and the raw figures to ``results.json``).
+``--quick`` is a short smoke run (a few minutes); the default full run takes
+about twelve minutes. ``--only`` picks sections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .instructions import have_valgrind
+from .load import have_wrk
+from .middleware_cost import find_pythons, run_middleware
+from .report import Report
+from .shutdown import run_shutdown
+from .throughput import run_sendfile, run_throughput
+
+SECTIONS = ("throughput", "middleware", "shutdown", "sendfile")
+WORKER_CLASSES = ("sync", "gthread", "gevent")
+HERE = Path(__file__).resolve().parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How much of everything to run."""
+
+    rounds: int
+    seconds: float
+    connections: int
+    shutdown_rounds: int
+    sendfile_rounds: int
+    sendfile_mib: int
+    middleware_requests: int
+    middleware_rounds: int
+    middleware_counts: tuple[int, ...]
+    flask_counts: tuple[int, ...]
+    callgrind_every_python: bool
+
+
+FULL = Plan(
+    rounds=5,
+    seconds=3,
+    connections=8,
+    shutdown_rounds=5,
+    sendfile_rounds=3,
+    sendfile_mib=32,
+    middleware_requests=200_000,
+    middleware_rounds=7,
+    middleware_counts=(1000, 3000, 5000),
+    flask_counts=(500, 1500, 2500),
+    callgrind_every_python=True,
+)
+QUICK = Plan(
+    rounds=2,
+    seconds=1,
+    connections=8,
+    shutdown_rounds=1,
+    sendfile_rounds=1,
+    sendfile_mib=8,
+    middleware_requests=20_000,
+    middleware_rounds=3,
+    middleware_counts=(200, 600),
+    flask_counts=(100, 300),
+    callgrind_every_python=False,
+)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _jsonable(value: Any) -> Any:
+    """Dataclasses as dicts, tuple keys as ``a/b`` strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {
+            "/".join(k) if isinstance(k, tuple) else str(k): _jsonable(v) for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen sections and write the report."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (a few minutes)")
+    parser.add_argument(
+        "--only", action="append", choices=SECTIONS, help="run only this section (repeatable)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="report path (default: benchmarks/results.md, "
+        "or benchmarks/results-quick.md with --quick)",
+    )
+    parser.add_argument(
+        "--python",
+        action="append",
+        help="interpreters for the middleware section "
+        "(default: 3.10 to 3.13 found on PATH or under pyenv)",
+    )
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    sections = args.only or list(SECTIONS)
+    output: Path = args.output or HERE / ("results-quick.md" if args.quick else "results.md")
+    if {"throughput", "sendfile"} & set(sections) and not have_wrk():
+        parser.error("wrk is not installed (Debian: apt-get install wrk)")
+    started = time.monotonic()
+    report = Report(mode="quick" if args.quick else "full", duration=0.0)
+    with tempfile.TemporaryDirectory(prefix="graceful-bench-") as tmp:
+        workdir = Path(tmp)
+        if "throughput" in sections:
+            report.throughput = run_throughput(
+                workdir, WORKER_CLASSES, plan.rounds, plan.seconds, plan.connections, _progress
+            )
+        if "middleware" in sections:
+            callgrind = have_valgrind()
+            if not callgrind:
+                _progress("valgrind is not installed: no instruction counts")
+            report.middleware = run_middleware(
+                workdir,
+                args.python or find_pythons(),
+                plan.middleware_requests,
+                plan.middleware_rounds,
+                plan.middleware_counts,
+                plan.flask_counts,
+                callgrind,
+                plan.callgrind_every_python,
+                _progress,
+            )
+        if "shutdown" in sections:
+            report.shutdown = run_shutdown(workdir, WORKER_CLASSES, plan.shutdown_rounds, _progress)
+        if "sendfile" in sections:
+            report.sendfile = run_sendfile(
+                workdir,
+                ("sync", "gthread"),
+                plan.sendfile_rounds,
+                plan.seconds,
+                plan.sendfile_mib,
+                _progress,
+            )
+    report.duration = time.monotonic() - started
+    output.write_text(report.markdown())
+    raw = {"plan": _jsonable(plan), **_jsonable(report)}
+    output.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
+    _progress(f"wrote {output} and {output.with_suffix('.json').name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

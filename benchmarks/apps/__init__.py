@@ -1,0 +1,1 @@
+"""The applications the benchmarks serve (see :mod:`benchmarks.apps.flask_app`)."""

@@ -1,0 +1,128 @@
+"""Section 3: how fast a stop is, plain gunicorn versus graceful_gunicorn.
+
+Two scenarios, each with one worker and ``shutdown_delay`` 0, alternated:
+
+- **idle**: 1. start the server and wait until it answers 2. ``SIGTERM`` the
+  master. Result: seconds until the master exits.
+- **last request**: 1. start the server 2. hold a request in flight
+  (``/hold?ms=400``; the app writes a marker when it starts) 3. ``SIGTERM`` the
+  master. Result: seconds from the client's receipt of the whole response to
+  the worker's exit (its drain must react to the in-flight count reaching zero),
+  and from the signal to the master's exit.
+
+Exits are timed with a pidfd, which becomes readable the moment the process
+exits: no polling interval is added to the figures.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .servers import Server, http_get
+from .throughput import alternate
+
+HOLD_MS = 400
+TIMEOUT = 30.0
+
+Progress = Callable[[str], None]
+
+
+class ExitWatch:
+    """Times the exit of a process, child or not (opened before the signal, so no pid reuse)."""
+
+    def __init__(self, pid: int) -> None:
+        self.fd = os.pidfd_open(pid)
+
+    def wait(self, timeout: float = TIMEOUT) -> float:
+        """:func:`time.monotonic` when the process exited; raises after ``timeout``."""
+        try:
+            readable, _, _ = select.select([self.fd], [], [], timeout)
+            if not readable:
+                raise TimeoutError(f"process did not exit within {timeout}s")
+            return time.monotonic()
+        finally:
+            os.close(self.fd)
+
+
+@dataclass
+class ShutdownResults:
+    """Seconds, one figure per round, by ``(worker_class, variant)``."""
+
+    rounds: int
+    idle_exit: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    last_request_to_worker_exit: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    busy_master_exit: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+
+
+def idle_stop(workdir: Path, worker_class: str, graceful: bool) -> float:
+    """Seconds from ``SIGTERM`` to the exit of an idle master."""
+    with Server(workdir, worker_class, graceful=graceful) as server:
+        server.wait_ready()
+        watch = ExitWatch(server.pid)
+        signalled = time.monotonic()
+        server.signal(signal.SIGTERM)
+        exited = watch.wait()
+        server.reap(TIMEOUT)
+        return exited - signalled
+
+
+def busy_stop(workdir: Path, worker_class: str, graceful: bool) -> tuple[float, float]:
+    """(last response to worker exit, ``SIGTERM`` to master exit) with one request in flight."""
+    with Server(workdir, worker_class, graceful=graceful) as server:
+        server.wait_ready()
+        (worker,) = server.worker_pids()
+        marker = workdir / f"started-{worker}"
+        marker.unlink(missing_ok=True)
+        answered: list[float] = []
+
+        def client() -> None:
+            status, _ = http_get(server.port, f"/hold?ms={HOLD_MS}", timeout=TIMEOUT)
+            if status == 200:
+                answered.append(time.monotonic())
+
+        thread = threading.Thread(target=client, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + TIMEOUT
+        while not marker.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the held request never started:\n{server.log()}")
+            time.sleep(0.001)
+        worker_watch, master_watch = ExitWatch(worker), ExitWatch(server.pid)
+        signalled = time.monotonic()
+        server.signal(signal.SIGTERM)
+        thread.join(TIMEOUT)
+        worker_exited = worker_watch.wait()
+        master_exited = master_watch.wait()
+        server.reap(TIMEOUT)
+        if not answered:
+            raise RuntimeError(f"the held request failed:\n{server.log()}")
+        return worker_exited - answered[0], master_exited - signalled
+
+
+def run_shutdown(
+    workdir: Path, worker_classes: Sequence[str], rounds: int, progress: Progress
+) -> ShutdownResults:
+    """Both scenarios for each worker class, plain and graceful alternated."""
+    results = ShutdownResults(rounds=rounds)
+    for worker_class in worker_classes:
+        for round_no in range(rounds):
+            for variant in alternate(("plain", "graceful"), round_no):
+                graceful = variant == "graceful"
+                key = (worker_class, variant)
+                idle = idle_stop(workdir, worker_class, graceful)
+                last, master = busy_stop(workdir, worker_class, graceful)
+                results.idle_exit.setdefault(key, []).append(idle)
+                results.last_request_to_worker_exit.setdefault(key, []).append(last)
+                results.busy_master_exit.setdefault(key, []).append(master)
+                progress(
+                    f"shutdown   {worker_class:7} {variant:8} round {round_no}: idle exit "
+                    f"{idle * 1000:6.0f} ms, last request to worker exit {last * 1000:6.1f} ms"
+                )
+    return results
