@@ -148,12 +148,20 @@ class _DeadlinePassed(Exception):
     """An async callback was cancelled at its deadline."""
 
 
+#: An async callback is cancelled this long before its deadline, so that its
+#: event loop has closed when the next callback starts (under gevent all
+#: "threads" share one OS thread, and with it asyncio's running loop).
+_CANCEL_AHEAD = 0.05
+
+
 async def _bounded(awaitable: Awaitable[Any], ctx: ShutdownContext) -> None:
     # wait_for cancels the coroutine at the deadline, so its `finally` blocks run.
+    limit = max(0.0, ctx.remaining() - _CANCEL_AHEAD)
+    started = time.monotonic()
     try:
-        await asyncio.wait_for(awaitable, timeout=ctx.remaining())
+        await asyncio.wait_for(awaitable, timeout=limit)
     except asyncio.TimeoutError:
-        if ctx.remaining() > 0:
+        if time.monotonic() - started < limit:
             raise  # the callback's own TimeoutError: an error, not our timeout
         raise _DeadlinePassed from None
 

@@ -52,7 +52,7 @@ class StoppableWorker(Protocol):
 
 #: How long after its callbacks a worker may take to exit before it is ended
 #: with ``os._exit`` (a non-daemon thread, a hung ``worker_exit`` hook).
-EXIT_GRACE = 1.0
+EXIT_GRACE = 2.0
 
 #: gunicorn 25+ SIGKILLs the workers 2 s after a SIGINT/SIGQUIT that interrupts
 #: its graceful stop (arbiter.py ``stop()``); earlier masters keep graceful_timeout.
@@ -227,7 +227,12 @@ class WorkerShutdown:
         """5. The main thread may be stuck in a request; the process must still end."""
         if not self.loop_finished.wait(0.05):
             self.worker.interrupt_main()
-        exit_by = sequence.deadline + min(EXIT_GRACE, safety_margin(self.graceful_timeout))
+        # Python joins non-daemon threads before it exits; one that a callback or the
+        # app left running must not hold the worker until the master's deadline.
+        exit_by = min(
+            sequence.deadline + min(EXIT_GRACE, safety_margin(self.graceful_timeout)),
+            time.monotonic() + EXIT_GRACE,
+        )
         while time.monotonic() < exit_by:
             time.sleep(0.05)
         self.worker.log.error(

@@ -132,3 +132,26 @@ if "hang_quick" in MISBEHAVE:
     def hang_quick() -> None:
         record("callback", phase="on_shutdown", name="hang-start")
         time.sleep(3600)
+
+
+if "exit" in MISBEHAVE:
+
+    @app.on_shutdown(timeout=1)
+    def calls_exit() -> None:
+        raise SystemExit(3)
+
+
+if "thread" in MISBEHAVE:
+
+    @app.on_shutdown(timeout=1)
+    def leaves_a_thread() -> None:
+        import threading
+
+        threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
+
+
+if "async_hang" in MISBEHAVE:
+
+    @app.on_shutdown(timeout=1)
+    async def never_finishes() -> None:
+        await asyncio.Event().wait()

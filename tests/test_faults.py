@@ -1,0 +1,54 @@
+"""Callbacks that misbehave must not hang a worker or cost the callbacks after them.
+
+Real gunicorn masters and workers, real signals, on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import WORKER_CLASSES
+from .server import Gunicorn
+from .test_shutdown_signals import APP, GRACEFUL, worker_args
+
+GRACEFUL_TIMEOUT = 20
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_exit_thread_and_endless_async_callbacks_are_contained(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. on_shutdown has a callback that calls sys.exit(), one that starts a
+    non-daemon thread, and an async one that never finishes 2. SIGTERM.
+
+    Result: each is logged by name; o2 and o1 and after_shutdown still run;
+    the worker exits by itself well before the master's deadline (no SIGKILL).
+    """
+    server = gunicorn(
+        [
+            *GRACEFUL,
+            *worker_args(worker_class, workers=1),
+            "--graceful-timeout",
+            str(GRACEFUL_TIMEOUT),
+            APP,
+        ],
+        {"MISBEHAVE": "exit,thread,async_hang"},
+    )
+    server.wait_ready(workers=1)
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(GRACEFUL_TIMEOUT + 5) == 0
+    took = time.monotonic() - started
+
+    log = server.log()
+    assert "on_shutdown callback tests.apps.events_app.never_finishes timed out" in log
+    assert "on_shutdown callback tests.apps.events_app.calls_exit failed" in log
+    assert "SystemExit: 3" in log
+    assert [e["name"] for e in server.callbacks("on_shutdown")] == ["o2", "o1"]
+    assert len(server.callbacks("after_shutdown")) == 1
+    assert "SIGKILL" not in log
+    assert took < GRACEFUL_TIMEOUT / 2, f"took {took:.1f}s"
