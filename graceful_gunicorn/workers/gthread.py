@@ -6,6 +6,7 @@ import threading
 import time
 from contextlib import AbstractContextManager, suppress
 from functools import partial
+from typing import Any
 
 import gunicorn
 from gunicorn.workers.gthread import TConn, ThreadWorker
@@ -20,6 +21,12 @@ _DROPS_POLLED_CONNECTIONS = gunicorn.version_info < (24, 0)
 #: gunicorn 24-26 drain without heartbeats and wait for idle keep-alive connections
 #: until graceful_timeout (their run() only murders them after a blocking select).
 _HOLDS_IDLE_KEEPALIVE = (24, 0) <= gunicorn.version_info < (27, 0)
+
+#: gunicorn before 27 closes a connection whose response announced keep-alive if
+#: the worker stopped during the request (``finish_request``: ``keepalive and
+#: self.alive``). A recycle stops it in the middle of other threads' requests, and
+#: their clients, already sending the next request, get a reset (GUNICORN.md 3.8).
+_CLOSES_ANNOUNCED_KEEPALIVE = gunicorn.version_info < (27, 0)
 
 #: How long, at most, the loop of gunicorn before 24 keeps serving the connections
 #: in its poller once it was told to stop (gunicorn 27 lingers as long).
@@ -37,10 +44,14 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
     _linger_until: float | None = None
     _lingered = False
     _lock: AbstractContextManager[object]  # gunicorn before 24 only
+    #: ``keep`` is True while this thread's ``finish_request`` keeps a connection.
+    _finishing = threading.local()
 
     @property
     def alive(self) -> bool:
         """False once told to stop; gunicorn's loop (before 24) sees it after a linger."""
+        if getattr(self._finishing, "keep", False):
+            return True
         if (
             self._serving
             or not _DROPS_POLLED_CONNECTIONS
@@ -65,10 +76,43 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
         if not _HOLDS_IDLE_KEEPALIVE:
             return
         linger = min(POLLED_LINGER, drain_seconds)
+        self._linger_until = time.monotonic() + linger
         self.method_queue.defer(self._cap_idle_keepalive, time.monotonic() + linger)
         wake = threading.Timer(linger, self.method_queue.defer, (self.murder_keepalived,))
         wake.daemon = True
         wake.start()
+
+    def finish_request(self, *args: Any) -> None:
+        """Keep a connection whose response announced keep-alive, as gunicorn 27 does.
+
+        Its next request, which the client may be sending already, is then
+        answered with ``Connection: close``, instead of the connection being
+        reset. Only while gunicorn still serves its poller: the linger of
+        ``_serve_polled_connections`` (before 24) or of ``stop_serving`` (24-26).
+        """
+        if self._serving or not _CLOSES_ANNOUNCED_KEEPALIVE:
+            super().finish_request(*args)
+            return
+        if _DROPS_POLLED_CONNECTIONS:
+            with self._lock:  # in a request thread: against the end of the linger
+                self._finish_keeping(not self._lingered, args)
+            return
+        # 24-26: gunicorn's main thread, during its drain; the linger closes it.
+        # Only a finished keep-alive response (25-26 also return a "deferred" marker).
+        conn, fs = args
+        deadline = self._linger_until
+        keep = deadline is None or time.monotonic() < deadline
+        announced = not fs.cancelled() and fs.exception() is None and fs.result() is True
+        self._finish_keeping(keep and announced, args)
+        if keep and announced and deadline is not None and conn.timeout is not None:
+            conn.timeout = min(conn.timeout, deadline)
+
+    def _finish_keeping(self, keep: bool, args: tuple[Any, ...]) -> None:
+        self._finishing.keep = keep
+        try:
+            super().finish_request(*args)
+        finally:
+            self._finishing.keep = False
 
     def _cap_idle_keepalive(self, deadline: float) -> None:
         # In gunicorn's main loop; the deque stays sorted by timeout.
@@ -97,11 +141,13 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
                 if isinstance(key.data, partial) and key.data.args
             ]
             waiting = [conn for conn in polled if isinstance(conn, TConn)]
-            if waiting and now < self._linger_until:
+            # Connections in a request thread come back to the poller (finish_request).
+            busy = self.nr_conns > len(waiting)
+            if (waiting or busy) and now < self._linger_until:
                 return True
             for conn in waiting:
                 with suppress(KeyError, ValueError, OSError):
                     self.poller.unregister(conn.sock)
                 conn.close()
-        self._lingered = True
+            self._lingered = True
         return False
