@@ -129,14 +129,17 @@ class GracefulWorkerMixin(_Base):
         if graceful.done.is_set() and not graceful.loop_finished.is_set():
             # Sent by interrupt_main(): leave the request the main thread is stuck in.
             raise SystemExit(0)
-        if graceful.quick_signal is not None:
-            if sig != graceful.quick_signal:
-                return  # Ctrl+C's SIGINT reached us; this is the master relaying it as SIGQUIT
+        if graceful.quick_signals:
+            if sig not in graceful.quick_signals:
+                # Ctrl+C's SIGINT and the master relaying it as SIGQUIT, in either order
+                graceful.quick_signals.add(sig)
+                return
             if time.monotonic() - graceful.quick_at < SAME_STOP_WINDOW:
                 return  # the same keystroke, delivered twice
             os.write(2, b"graceful_gunicorn: second quick stop signal, exiting now\n")
             os._exit(0)
-        graceful.quick_signal, graceful.quick_at = sig, time.monotonic()
+        graceful.quick_signals.add(sig)
+        graceful.quick_at = time.monotonic()
         graceful.request("quick")
 
     def handle_abort(self, sig: int, frame: FrameType | None) -> None:

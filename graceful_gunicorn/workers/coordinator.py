@@ -72,8 +72,8 @@ class WorkerShutdown:
         self.settings = Settings()
         self.requested: Reason | None = None
         self.requested_at = 0.0
-        #: The first SIGINT/SIGQUIT this worker got; only the same signal again is a second one.
-        self.quick_signal: int | None = None
+        #: The SIGINT/SIGQUIT signals this worker got; only one it already had is a second stop.
+        self.quick_signals: set[int] = set()
         self.quick_at = 0.0
         self.sequence: ShutdownSequence | None = None
         #: Set once the callbacks are over.
