@@ -43,10 +43,6 @@ class MasterState:
         """The shared memory itself: byte 0 is non-zero once the server is going away."""
         return self._map
 
-    def going_away(self) -> bool:
-        """Whether the server is shutting down (cheap enough for every request)."""
-        return self._map[0] != 0
-
     def announce_going_away(self) -> None:
         """From now on every worker reports not ready (readiness 503)."""
         self._map[0] = 1

@@ -124,6 +124,7 @@ class InFlightMiddleware:
         if readiness is not None:
             if readiness.path is not None and environ.get("PATH_INFO") == readiness.path:
                 return readiness.respond(environ, start_response)
+            # Inline, not a method: this runs on every request.
             if readiness.stopping or readiness.server_flag[0]:
                 readiness.close_connection(start_response)
         request = _new_request(_Request)

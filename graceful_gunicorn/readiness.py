@@ -57,10 +57,6 @@ class Readiness:
         """Whether the server is shutting down (readiness answers 503)."""
         return bool(self.server_flag[0]) or (self.standalone and self.stopping)
 
-    def closing(self) -> bool:
-        """Whether responses should close their connections now."""
-        return self.stopping or bool(self.server_flag[0])
-
     def respond(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Answer a request for :attr:`path`."""
         method = environ.get("REQUEST_METHOD", "GET")
