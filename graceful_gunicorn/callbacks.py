@@ -172,9 +172,18 @@ def run_callback(
     invoke: Invoker,
     logger: Log,
     heartbeat: Callable[[], None],
+    cut_at: Callable[[], float] | None = None,
 ) -> CallbackResult:
-    """Run one callback until it returns or ``ctx.deadline`` passes; never raise."""
+    """Run one callback until it returns or ``ctx.deadline`` passes; never raise.
+
+    ``cut_at`` gives the end of the callback's phase, which may move earlier
+    while the callback runs (a ``SIGINT`` during a graceful stop).
+    """
     outcome = _Outcome()
+
+    def remaining() -> float:
+        end = ctx.deadline if cut_at is None else min(ctx.deadline, cut_at())
+        return max(0.0, end - time.monotonic())
 
     def target() -> None:
         try:
@@ -187,9 +196,9 @@ def run_callback(
     started = time.monotonic()
     thread = threading.Thread(target=target, name=f"graceful:{registration.name}", daemon=True)
     thread.start()
-    while not outcome.done.wait(min(_HEARTBEAT_INTERVAL, ctx.remaining())):
+    while not outcome.done.wait(min(_HEARTBEAT_INTERVAL, remaining())):
         heartbeat()
-        if ctx.remaining() <= 0:
+        if remaining() <= 0:
             break
     duration = time.monotonic() - started
     return _result(registration, outcome, duration, logger)

@@ -18,7 +18,12 @@ import gunicorn
 from . import master_state, worker_reports
 from .lifecycle import find_lifecycle
 from .master import MasterStop
-from .server_config import check_lifecycle_fits, graceful_worker_class, load_settings
+from .server_config import (
+    check_lifecycle_fits,
+    check_report_directory,
+    graceful_worker_class,
+    load_settings,
+)
 from .settings import SettingsError
 
 if TYPE_CHECKING:
@@ -76,6 +81,7 @@ def _install(server: Arbiter) -> None:
     first_start = master_state.current() is None
     try:
         settings, warnings = load_settings(cfg)
+        check_report_directory(settings)
         worker = graceful_worker_class(cfg)
     except SettingsError as exc:
         if first_start:

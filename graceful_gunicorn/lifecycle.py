@@ -318,7 +318,13 @@ class ShutdownSequence:
 
     def run_phase(self, phase: Phase, until: float | None = None) -> list[CallbackResult]:
         """Run the callbacks of ``phase`` newest first, none past ``until``."""
-        until = self.deadline if until is None else min(until, self.deadline)
+        given = self.deadline if until is None else until
+
+        def phase_end() -> float:
+            # Read on every turn: escalate() may bring either deadline forward.
+            end = min(given, self.deadline)
+            return min(end, self.drain_deadline) if phase == "before_shutdown" else end
+
         started = time.monotonic()
         registered = self.lifecycle.callbacks(phase)
         skip_phase = phase == "before_shutdown" and self.quick
@@ -329,6 +335,7 @@ class ShutdownSequence:
                 results.append(CallbackResult(registration.name, phase, "skipped", 0.0))
                 continue
             now = time.monotonic()
+            until = phase_end()
             if now >= until:
                 self.log.error(
                     "graceful_gunicorn: %s callback %s skipped: no time left",
@@ -344,7 +351,14 @@ class ShutdownSequence:
                 _in_flight=lambda: self.lifecycle.in_flight,
             )
             results.append(
-                run_callback(registration, ctx, self.lifecycle._invoke, self.log, self.heartbeat)
+                run_callback(
+                    registration,
+                    ctx,
+                    self.lifecycle._invoke,
+                    self.log,
+                    self.heartbeat,
+                    cut_at=phase_end,
+                )
             )
         duration = time.monotonic() - started
         self.report.callbacks.extend(results)

@@ -114,7 +114,14 @@ class MasterStop:
         self._begin(master_state.STOP_QUICK, self._quit)
 
     def handle_hup(self) -> None:
-        """SIGHUP: a new generation of workers; the old ones stop with reason ``reload``."""
+        """SIGHUP: a new generation of workers; the old ones stop with reason ``reload``.
+
+        Ignored once the server is going away (during ``shutdown_delay``): new
+        workers would only be stopped again.
+        """
+        if self.delay_until is not None or self._stopping:
+            self.log.warning("graceful_gunicorn: SIGHUP ignored, the server is stopping")
+            return
         self.state.next_generation()
         self._hup()
 

@@ -84,3 +84,22 @@ def check_lifecycle_fits(lifecycle: Lifecycle, settings: Settings, graceful_time
             f"graceful_timeout={graceful_timeout:g} leaves ({available:g} after the safety "
             "margin): raise graceful_timeout or lower the callbacks' timeouts"
         )
+
+
+def check_report_directory(settings: Settings) -> None:
+    """Raise :class:`SettingsError` if the JSON report could never be written.
+
+    Checked when the master starts, so that the report is not lost at the end.
+    """
+    path = settings.shutdown_report_path
+    if path is None:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise SettingsError(
+            f"shutdown_report_path={path!r}: the directory {directory!r} does not exist"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise SettingsError(
+            f"shutdown_report_path={path!r}: the directory {directory!r} is not writable"
+        )

@@ -637,6 +637,70 @@ def test_escalate_interrupts_a_running_drain(
     assert result[0].requests_abandoned == 1
 
 
+def test_escalate_cuts_a_running_before_shutdown_callback(lifecycle: Lifecycle) -> None:
+    """A before_shutdown callback still running when the stop turns quick is abandoned.
+
+    Its own timeout (WAIT * 4) is not waited for: phase 1 ends at once and the
+    on_shutdown callbacks run with reason 'quick'.
+    """
+    entered = threading.Event()
+    release = threading.Event()
+    reasons: list[str] = []
+
+    def blocks() -> None:
+        entered.set()
+        release.wait(WAIT * 4)
+
+    lifecycle.before_shutdown(blocks, timeout=WAIT * 4)
+    lifecycle.on_shutdown(lambda ctx: reasons.append(ctx.reason), timeout=1)
+    try:
+        thread, result = run_in_thread(lambda: lifecycle.shutdown(timeout=WAIT * 6))
+        assert entered.wait(WAIT)
+        sequence = lifecycle.sequence
+        assert sequence is not None
+        started = time.monotonic()
+        sequence.escalate(time.monotonic() + 2)
+        thread.join(WAIT)
+        assert not thread.is_alive()
+        assert time.monotonic() - started < 1.5
+    finally:
+        release.set()
+    outcomes = {(c.phase, c.outcome) for c in result[0].callbacks}
+    assert ("before_shutdown", "timeout") in outcomes
+    assert reasons == ["quick"]
+
+
+def test_escalate_shortens_a_running_on_shutdown_callback(lifecycle: Lifecycle) -> None:
+    """An on_shutdown callback running when the stop turns quick gets the quick deadline."""
+    entered = threading.Event()
+    release = threading.Event()
+    ran: list[str] = []
+
+    def blocks() -> None:
+        entered.set()
+        release.wait(WAIT * 4)
+
+    lifecycle.on_shutdown(lambda: ran.append("first registered, runs last"), timeout=1)
+    lifecycle.on_shutdown(blocks, timeout=WAIT * 4)
+    try:
+        thread, result = run_in_thread(lambda: lifecycle.shutdown(timeout=WAIT * 6))
+        assert entered.wait(WAIT)
+        sequence = lifecycle.sequence
+        assert sequence is not None
+        started = time.monotonic()
+        sequence.escalate(time.monotonic() + 0.5)
+        thread.join(WAIT)
+        assert not thread.is_alive()
+        assert time.monotonic() - started < 1.5
+    finally:
+        release.set()
+    assert [(c.phase, c.outcome) for c in result[0].callbacks if c.phase == "on_shutdown"] == [
+        ("on_shutdown", "timeout"),
+        ("on_shutdown", "skipped"),
+    ]
+    assert ran == []
+
+
 # -- find_lifecycle ---------------------------------------------------------------
 
 

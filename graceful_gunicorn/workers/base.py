@@ -69,6 +69,11 @@ class GracefulWorkerMixin(_Base):
         """Create the coordinator first: our handlers need it."""
         self.graceful = WorkerShutdown(self, float(self.cfg.graceful_timeout))
         super().init_signals()
+        state = master_state.current()
+        if state is not None and state.stop_kind != master_state.STOP_NONE:
+            # The master stopped while this worker was being forked: its signal
+            # reached the master's handler, inherited until now, and was lost.
+            self.graceful.request_after_sigterm()
 
     def load_wsgi(self) -> None:
         """Load the app, then find its lifecycle or give it one."""
@@ -118,7 +123,7 @@ class GracefulWorkerMixin(_Base):
         if self.graceful is None:
             super().handle_exit(sig, frame)
             return
-        self.graceful.request(self.graceful.term_reason())
+        self.graceful.request_after_sigterm()
 
     def handle_quit(self, sig: int, frame: FrameType | None) -> None:
         """SIGINT/SIGQUIT: a quick stop; a second one exits at once."""

@@ -59,6 +59,12 @@ EXIT_GRACE = 2.0
 MASTER_QUICK_LIMIT = 2.0 if gunicorn.version_info >= (25, 0) else None
 
 
+#: How long a worker waits for the master to explain a SIGTERM it has not
+#: recorded (yet): sent to the whole process group (systemd's default
+#: KillMode, ``kill -TERM -PGID``), it can reach a worker before the master.
+REASON_SETTLE = 0.2
+
+
 class WorkerShutdown:
     """Coordinates the shutdown of one worker process."""
 
@@ -80,6 +86,7 @@ class WorkerShutdown:
         self.done = threading.Event()
         #: Set once gunicorn's own loop has returned in the main thread.
         self.loop_finished = threading.Event()
+        self._reason_unsettled = False
         self._wake_read, self._wake_write = os.pipe()
         for fd in (self._wake_read, self._wake_write):
             os.set_blocking(fd, False)
@@ -101,6 +108,8 @@ class WorkerShutdown:
             sequence = self.sequence
             if sequence is not None:
                 sequence.escalate(time.monotonic() + self._escalated_budget())
+            else:  # the sequence has not started: it starts quick (see _run)
+                self.requested = reason
         try:
             os.write(self._wake_write, b"!")
         except OSError:  # the pipe is full: the coordinator is awake anyway
@@ -117,6 +126,13 @@ class WorkerShutdown:
             # The master relayed it from inside its stop(): its new limit is near.
             budget = min(budget, MASTER_QUICK_LIMIT - safety_margin(MASTER_QUICK_LIMIT))
         return budget
+
+    def request_after_sigterm(self) -> None:
+        """SIGTERM: ask for a shutdown for the reason the master recorded."""
+        reason = self.term_reason()
+        # "recycle" may just mean that the master has not recorded its stop yet
+        self._reason_unsettled = reason == "recycle"
+        self.request(reason)
 
     def term_reason(self) -> Reason:
         """Why this worker got SIGTERM, as the master recorded it."""
@@ -145,7 +161,21 @@ class WorkerShutdown:
                 os.read(self._wake_read, 64)
             except BlockingIOError:
                 pass
-        self._run(self.requested)
+        self._run(self._settled(self.requested))
+
+    def _settled(self, reason: Reason) -> Reason:
+        if not self._reason_unsettled:
+            return reason
+        until = time.monotonic() + REASON_SETTLE
+        while time.monotonic() < until:
+            requested = self.requested
+            if requested is not None and requested != reason:  # a quick signal came
+                return requested
+            explained = self.term_reason()
+            if explained != reason:
+                return explained
+            time.sleep(0.01)
+        return reason
 
     def _deadline(self, reason: Reason) -> float:
         state = master_state.current()
@@ -165,6 +195,9 @@ class WorkerShutdown:
             reason, deadline=self._deadline(reason), heartbeat=self.worker.notify, log=log
         )
         self.sequence = sequence
+        if self.requested in QUICK_REASONS and not sequence.quick:
+            # a quick signal came while the sequence was being created
+            sequence.escalate(time.monotonic() + self._escalated_budget())
         try:
             log.info(
                 "graceful_gunicorn: shutdown started (reason %s, pid %s): %.2fs left, "

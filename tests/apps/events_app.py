@@ -155,3 +155,17 @@ if "async_hang" in MISBEHAVE:
     @app.on_shutdown(timeout=1)
     async def never_finishes() -> None:
         await asyncio.Event().wait()
+
+
+if "slow_before" in MISBEHAVE:
+
+    @app.before_shutdown(timeout=20)
+    def slow_before() -> None:
+        record("callback", phase="before_shutdown", name="slow-before-start")
+        time.sleep(3600)
+
+
+if "slow_boot" in MISBEHAVE:
+    # Loading the app takes a while: a stop may arrive while a worker boots.
+    record("booting")
+    time.sleep(3)
