@@ -274,7 +274,9 @@ def test_repeated_sigint_under_load_never_hangs_a_gthread_worker(
         )
         server.wait_ready(workers=1)
         _, threads = send_in_background(server, [f"/hold/{attempt}-{i}" for i in range(3)])
-        wait_until(lambda: len(server.events("entered")) == 3, 20, "requests in flight")
+        wait_until(
+            lambda server=server: len(server.events("entered")) == 3, 20, "requests in flight"
+        )
         started = time.monotonic()
         server.signal(signal.SIGINT)
         assert server.wait_exit(20) == 0

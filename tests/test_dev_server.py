@@ -32,6 +32,9 @@ def flask_run(tmp_path: Path, *options: str) -> tuple[subprocess.Popen[bytes], i
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        # A test run started in the background ignores SIGINT, and so would
+        # flask run: Ctrl+C must reach it as it does in a terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     return process, port, events
 
