@@ -20,6 +20,18 @@ _NOTHING_WAITING = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED)
 class GracefulSync(GracefulWorkerMixin, SyncWorker):
     """gunicorn's sync worker with the graceful shutdown sequence."""
 
+    def init_signals(self) -> None:
+        """Let SIGTERM interrupt a blocking call of the request being served.
+
+        gunicorn restarts system calls after SIGTERM (``SA_RESTART``), so while
+        the main thread waits in ``recv()`` (a client that stalls its body, a
+        slow database) the handler would not run until that call returns, and
+        the worker would not begin its shutdown at all. Python retries the
+        interrupted call itself (PEP 475), so the request is not disturbed.
+        """
+        super().init_signals()
+        signal.siginterrupt(signal.SIGTERM, True)
+
     def serve_backlog(self) -> None:
         """Serve the connections still queued in the listen backlog, within the drain.
 

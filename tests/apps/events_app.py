@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from flask import Flask, Response, has_app_context
+from flask import Flask, Response, has_app_context, request
 
 from graceful_gunicorn import GracefulShutdown, ShutdownContext
 
@@ -48,6 +48,14 @@ def hello() -> str:
     return "hello\n"
 
 
+@app.post("/echo")
+def echo() -> str:
+    record("entered", key="echo")
+    body = request.get_data()
+    record("finished", key="echo")
+    return f"{len(body)}\n"
+
+
 @app.get("/hold/<key>")
 def hold(key: str) -> str:
     record("entered", key=key)
@@ -61,11 +69,14 @@ def stream(key: str) -> Response:
     record("entered", key=key)
 
     def generate() -> Iterator[str]:
-        yield f"first {key}\n"
-        wait_for_release(key)
-        for i in range(5):
-            yield f"chunk {i} {key}\n"
-        record("finished", key=key)
+        try:
+            yield f"first {key}\n"
+            wait_for_release(key)
+            for i in range(5):
+                yield f"chunk {i} {key}\n"
+            record("finished", key=key)
+        finally:
+            record("closed", key=key)  # also when the server closes it early
 
     return Response(generate(), mimetype="text/plain")
 
