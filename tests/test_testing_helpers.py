@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -10,7 +12,11 @@ import pytest
 from flask import Flask
 
 from graceful_gunicorn import GracefulShutdown
+from graceful_gunicorn.live_server import GunicornServer, wait_until
+from graceful_gunicorn.pytest_plugin import StartServer
 from graceful_gunicorn.testing import run_shutdown
+
+from .server import REPO
 
 
 def test_example_app_drains_held_requests_and_flushes_writes(
@@ -74,3 +80,55 @@ def test_a_request_that_ends_too_fast_to_hold_is_an_error() -> None:
     app.get("/fast")(lambda: "ok")
     with pytest.raises(TimeoutError, match="0 of 1 held request"):
         run_shutdown(app, hold=["/fast"], hold_timeout=0.5)
+
+
+def test_gunicorn_server_fixture_on_the_example_app(
+    gunicorn_server: StartServer, tmp_path: Path
+) -> None:
+    """The pytest fixture, used as the README shows: the example app under a
+    real gunicorn (its own config: 2 gthread workers), three writes, SIGTERM.
+
+    Result: the master exits 0, both workers stopped cleanly, the writes are
+    in SQLite, and the JSON report names the example app's callbacks.
+    """
+    db = tmp_path / "example.sqlite3"
+    report_path = tmp_path / "report.json"
+    server = gunicorn_server(
+        "-c",
+        "example_app/gunicorn.conf.py",
+        env={"EXAMPLE_DB": str(db), "GRACEFUL_SHUTDOWN_REPORT_PATH": str(report_path)},
+        cwd=REPO,
+    )
+    server.wait_ready(workers=2, path="/-/ready")
+    assert server.get("/-/ready") == (200, b"ready\n")
+    for value in ("a", "b", "c"):
+        assert server.get(f"/items/add?value={value}")[0] == 200
+
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(40) == 0
+
+    assert "2 of 2 worker(s) stopped cleanly, 0 killed" in server.log()
+    with closing(sqlite3.connect(db)) as connection:
+        rows = connection.execute("SELECT value FROM items ORDER BY value").fetchall()
+    assert rows == [("a",), ("b",), ("c",)]
+    report = json.loads(report_path.read_text())
+    assert report["reason"] == "terminate"
+    names = {c["name"].rsplit(".", 1)[-1] for w in report["worker_reports"] for c in w["callbacks"]}
+    assert {"stop_flusher", "flush_buffer", "close_pool"} <= names
+
+
+def test_gunicorn_server_kills_what_it_started(tmp_path: Path) -> None:
+    """Leaving the with block kills the master and its workers by PID."""
+    server = GunicornServer(
+        ["-c", "python:graceful_gunicorn.conf", "-w", "2", "example_app.app:app"],
+        cwd=REPO,
+        env={"EXAMPLE_DB": str(tmp_path / "db.sqlite3")},
+        log_path=tmp_path / "gunicorn.log",
+    )
+    with server:
+        server.wait_ready(workers=2, path="/")
+        pids = [server.pid, *server.worker_pids()]
+        assert len(pids) == 3
+    assert server.process is not None and server.process.returncode is not None
+    for pid in pids[1:]:
+        wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 10, f"worker {pid} to go")
