@@ -64,6 +64,48 @@ def test_report_names_each_callback_outcome(
         assert "boom from a callback" in boom["error"]
         phases = [p["name"] for p in worker["phases"]]
         assert phases == ["before_shutdown", "drain", "on_shutdown", "after_shutdown"]
+    assert_worker_log_lines(server.log(), "terminate", "SIGTERM")
+
+
+#: gunicorn's error log format: "[time] [pid] [LEVEL] message".
+LINE = r"^\[[^\]]+\] \[{pid}\] \[{level}\] graceful_gunicorn: {message}"
+
+
+def assert_worker_log_lines(log: str, reason: str, signal_name: str) -> None:
+    """Each worker logged its start, each phase, and each failing callback, in order."""
+    pids = re.findall(r"Booting worker with pid: (\d+)", log)
+    assert pids
+    for pid in pids:
+        expected = [
+            (
+                "INFO",
+                rf"shutdown started \(reason {reason}, signal {signal_name}, pid {pid}\): "
+                r"[\d.]+s left, \d+ request\(s\) in flight, drain until [\d.]+s, "
+                r"[\d.]+s kept for callbacks$",
+            ),
+            ("INFO", r"before_shutdown done in [\d.]+s: 1 ok, 0 failed, 0 timed out, 0 skipped$"),
+            ("INFO", r"drain done in [\d.]+s: 0 request\(s\) completed$"),
+            (
+                "ERROR",
+                r"on_shutdown callback tests\.apps\.events_app\.boom failed after "
+                r"[\d.]+s:$",
+            ),
+            (
+                "ERROR",
+                r"on_shutdown callback tests\.apps\.events_app\.hang timed out after "
+                r"[\d.]+s and was abandoned$",
+            ),
+            ("WARNING", r"on_shutdown done in [\d.]+s: 2 ok, 1 failed, 1 timed out, 0 skipped$"),
+            ("INFO", r"after_shutdown done in [\d.]+s: 1 ok, 0 failed, 0 timed out, 0 skipped$"),
+        ]
+        position = 0
+        for level, message in expected:
+            pattern = re.compile(LINE.format(pid=pid, level=level, message=message), re.M)
+            found = pattern.search(log, position)
+            assert found, f"worker {pid}: no line {level} {message!r} after {position}\n{log}"
+            position = found.end()
+        # the traceback follows the failing callback's line
+        assert "RuntimeError: boom from a callback" in log
 
 
 def test_summary_counts_a_worker_killed_mid_shutdown(gunicorn: Callable[..., Gunicorn]) -> None:

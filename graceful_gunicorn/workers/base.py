@@ -145,7 +145,7 @@ class GracefulWorkerMixin(_Base):
             os._exit(0)
         graceful.quick_signals.add(sig)
         graceful.quick_at = time.monotonic()
-        graceful.request("quick")
+        graceful.request("quick", signal.Signals(sig).name)
 
     def handle_abort(self, sig: int, frame: FrameType | None) -> None:
         """SIGABRT (worker timeout): log what is stuck, then the quick callbacks."""
@@ -155,7 +155,7 @@ class GracefulWorkerMixin(_Base):
             return
         if graceful.done.is_set() and not graceful.loop_finished.is_set():
             raise SystemExit(1)
-        graceful.request("abort")
+        graceful.request("abort", "SIGABRT")
 
     # -- used by the coordinator thread ------------------------------------------
 

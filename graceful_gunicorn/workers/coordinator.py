@@ -87,6 +87,8 @@ class WorkerShutdown:
         #: Set once gunicorn's own loop has returned in the main thread.
         self.loop_finished = threading.Event()
         self._reason_unsettled = False
+        #: The signal that started the shutdown, if one did.
+        self.signal_name: str | None = None
         self._wake_read, self._wake_write = os.pipe()
         for fd in (self._wake_read, self._wake_write):
             os.set_blocking(fd, False)
@@ -99,11 +101,16 @@ class WorkerShutdown:
 
     # -- called from signal handlers: flags and one write, nothing else ----------
 
-    def request(self, reason: Reason) -> None:
-        """Ask for a shutdown; a quick reason during a graceful one escalates it."""
+    def request(self, reason: Reason, signal_name: str | None = None) -> None:
+        """Ask for a shutdown; a quick reason during a graceful one escalates it.
+
+        ``signal_name`` is the signal that asked (``None``: gunicorn's loop ended
+        by itself, as on ``max_requests``).
+        """
         if self.requested is None:
             self.requested_at = time.monotonic()
             self.requested = reason
+            self.signal_name = signal_name
         elif reason in QUICK_REASONS and self.requested not in QUICK_REASONS:
             sequence = self.sequence
             if sequence is not None:
@@ -132,7 +139,7 @@ class WorkerShutdown:
         reason = self.term_reason()
         # "recycle" may just mean that the master has not recorded its stop yet
         self._reason_unsettled = reason == "recycle"
-        self.request(reason)
+        self.request(reason, "SIGTERM")
 
     def term_reason(self) -> Reason:
         """Why this worker got SIGTERM, as the master recorded it."""
@@ -200,9 +207,11 @@ class WorkerShutdown:
             sequence.escalate(time.monotonic() + self._escalated_budget())
         try:
             log.info(
-                "graceful_gunicorn: shutdown started (reason %s, pid %s): %.2fs left, "
-                "%d request(s) in flight, drain until %.2fs, %.2fs kept for callbacks",
+                "graceful_gunicorn: shutdown started (reason %s, signal %s, pid %s): "
+                "%.2fs left, %d request(s) in flight, drain until %.2fs, "
+                "%.2fs kept for callbacks",
                 reason,
+                self.signal_name or "none",
                 os.getpid(),
                 sequence.remaining(),
                 lifecycle.in_flight,
