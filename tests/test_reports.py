@@ -132,6 +132,33 @@ def test_summary_counts_a_worker_killed_mid_shutdown(gunicorn: Callable[..., Gun
     assert [e["pid"] for e in server.callbacks("after_shutdown")] != [victim]
 
 
+def test_summary_counts_a_worker_that_crashed_mid_shutdown(
+    gunicorn: Callable[..., Gunicorn],
+) -> None:
+    """1. two gthread workers; an on_shutdown callback makes the first worker
+    that runs it exit at once (os._exit, as a crash) 2. SIGTERM.
+
+    Result: the other worker runs all its callbacks; the summary counts one
+    clean and one killed worker, naming the crashed one; the master exits 0
+    without waiting for graceful_timeout.
+    """
+    server = gunicorn(
+        [*GRACEFUL, *worker_args("gthread"), "--graceful-timeout", "20", APP],
+        {"MISBEHAVE": "crash_one"},
+    )
+    server.wait_ready(workers=2)
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(15) == 0
+
+    [crashed] = [e["pid"] for e in server.events("crashing")]
+    report = logged_report(server)
+    assert report["workers"] == {"stopped": 2, "clean": 1, "killed": 1}
+    assert report["killed_pids"] == [crashed]
+    assert [e["pid"] for e in server.callbacks("after_shutdown")] == [
+        pid for pid in server.worker_pids() if pid != crashed
+    ]
+
+
 def test_report_file_is_never_written_through_a_symlink(
     gunicorn: Callable[..., Gunicorn], tmp_path: Path
 ) -> None:

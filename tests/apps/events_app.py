@@ -180,3 +180,16 @@ if "slow_boot" in MISBEHAVE:
     # Loading the app takes a while: a stop may arrive while a worker boots.
     record("booting")
     time.sleep(3)
+
+
+if "crash_one" in MISBEHAVE:
+
+    @app.on_shutdown(timeout=1)
+    def crash_one_worker() -> None:
+        # The first worker to get here dies at once, as on a segfault.
+        try:
+            os.close(os.open(os.path.join(RELEASE_DIR, "crashed"), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return
+        record("crashing")
+        os._exit(70)
