@@ -22,6 +22,17 @@ from .test_shutdown_signals import APP, GRACEFUL, send_in_background, worker_arg
 GRACEFUL_TIMEOUT = 30
 
 
+def one_worker(
+    gunicorn: Callable[..., Gunicorn],
+    worker_class: str,
+    env: dict[str, str] | None = None,
+    graceful_timeout: float = GRACEFUL_TIMEOUT,
+) -> Gunicorn:
+    """Start (not wait for) a graceful master with one worker."""
+    args = [*GRACEFUL, *worker_args(worker_class, workers=1)]
+    return gunicorn([*args, "--graceful-timeout", str(graceful_timeout), APP], env)
+
+
 def assert_each_callback_ran_once(server: Gunicorn) -> None:
     runs = Counter((e["pid"], e["phase"], e["name"]) for e in server.callbacks())
     assert runs, "no callback ran"
@@ -40,15 +51,7 @@ def test_sigterm_twice_to_the_whole_group(
     Result: the request completes 200; every callback ran once, with reason
     "terminate"; the master exits 0 soon after the release.
     """
-    server = gunicorn(
-        [
-            *GRACEFUL,
-            *worker_args(worker_class, workers=1),
-            "--graceful-timeout",
-            str(GRACEFUL_TIMEOUT),
-            APP,
-        ]
-    )
+    server = one_worker(gunicorn, worker_class)
     server.wait_ready(workers=1)
     results, threads = send_in_background(server, ["/hold/held"])
     wait_until(lambda: server.events("entered"), 20, "the request in flight")
@@ -79,16 +82,7 @@ def test_sigint_during_before_shutdown_cuts_it_short(
     reason "quick"; the master exits within seconds, not after the callback's
     20 s or graceful_timeout.
     """
-    server = gunicorn(
-        [
-            *GRACEFUL,
-            *worker_args(worker_class, workers=1),
-            "--graceful-timeout",
-            str(GRACEFUL_TIMEOUT),
-            APP,
-        ],
-        {"MISBEHAVE": "slow_before"},
-    )
+    server = one_worker(gunicorn, worker_class, {"MISBEHAVE": "slow_before"})
     server.wait_ready(workers=1)
     server.signal(signal.SIGTERM)
     wait_until(lambda: server.callbacks("before_shutdown"), 20, "the slow before_shutdown")
@@ -117,16 +111,7 @@ def test_sigint_during_on_shutdown_shortens_it(
     Result: the hanging callback is abandoned at the quick deadline (2 s), no
     callback runs twice, and the master exits long before the callback's 10 s.
     """
-    server = gunicorn(
-        [
-            *GRACEFUL,
-            *worker_args(worker_class, workers=1),
-            "--graceful-timeout",
-            str(GRACEFUL_TIMEOUT),
-            APP,
-        ],
-        {"MISBEHAVE": "hang_quick"},
-    )
+    server = one_worker(gunicorn, worker_class, {"MISBEHAVE": "hang_quick"})
     server.wait_ready(workers=1)
     server.signal(signal.SIGTERM)
     wait_until(lambda: server.callbacks("on_shutdown"), 20, "the hanging on_shutdown")
@@ -148,16 +133,7 @@ def test_sigterm_while_the_app_loads(gunicorn: Callable[..., Gunicorn], worker_c
     Result: the worker finishes booting, runs its callbacks once with reason
     "terminate" and exits; the master exits well before graceful_timeout.
     """
-    server = gunicorn(
-        [
-            *GRACEFUL,
-            *worker_args(worker_class, workers=1),
-            "--graceful-timeout",
-            str(GRACEFUL_TIMEOUT),
-            APP,
-        ],
-        {"MISBEHAVE": "slow_boot"},
-    )
+    server = one_worker(gunicorn, worker_class, {"MISBEHAVE": "slow_boot"})
     wait_until(lambda: server.events("booting"), 20, "the worker to load the app")
     started = time.monotonic()
     server.signal(signal.SIGTERM)
@@ -227,16 +203,7 @@ def test_sighup_during_a_stop_is_ignored(gunicorn: Callable[..., Gunicorn], dela
     Result: no new worker boots, the request completes 200, every callback ran
     once with reason "terminate", the master exits 0.
     """
-    server = gunicorn(
-        [
-            *GRACEFUL,
-            *worker_args("sync", workers=1),
-            "--graceful-timeout",
-            str(GRACEFUL_TIMEOUT),
-            APP,
-        ],
-        {"GRACEFUL_SHUTDOWN_DELAY": str(delay)},
-    )
+    server = one_worker(gunicorn, "sync", {"GRACEFUL_SHUTDOWN_DELAY": str(delay)})
     server.wait_ready(workers=1)
     results, threads = send_in_background(server, ["/hold/held"])
     wait_until(lambda: server.events("entered"), 20, "the request in flight")

@@ -16,8 +16,7 @@ import pytest
 
 from .conftest import WORKER_CLASSES
 from .server import Gunicorn, http_get, wait_until
-from .test_awkward_signals import assert_each_callback_ran_once
-from .test_shutdown_signals import APP, GRACEFUL, worker_args
+from .test_awkward_signals import assert_each_callback_ran_once, one_worker
 
 GRACEFUL_TIMEOUT = 10
 IO_TIMEOUT = 10.0
@@ -55,15 +54,7 @@ def status_of(response: bytes) -> int | None:
 
 
 def start(gunicorn: Callable[..., Gunicorn], worker_class: str) -> Gunicorn:
-    server = gunicorn(
-        [
-            *GRACEFUL,
-            *worker_args(worker_class, workers=1),
-            "--graceful-timeout",
-            str(GRACEFUL_TIMEOUT),
-            APP,
-        ]
-    )
+    server = one_worker(gunicorn, worker_class, graceful_timeout=GRACEFUL_TIMEOUT)
     return server.wait_ready(workers=1)
 
 
