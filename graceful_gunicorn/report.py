@@ -51,5 +51,13 @@ class ShutdownReport:
         return sum(1 for result in self.callbacks if result.outcome == outcome)
 
     def as_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready built-in types."""
-        return asdict(self)
+        """The report as JSON-ready built-in types, durations in whole milliseconds."""
+        data = asdict(self)
+        data["duration"] = _milliseconds(self.duration)
+        for item in (*data["phases"], *data["callbacks"]):
+            item["duration"] = _milliseconds(item["duration"])
+        return data
+
+
+def _milliseconds(seconds: float) -> float:
+    return round(seconds, 3)

@@ -745,3 +745,11 @@ def test_find_lifecycle_returns_none_without_one() -> None:
     loop = Holder()
     loop.app = loop
     assert find_lifecycle(loop) is None
+
+
+def test_report_as_dict_rounds_durations_to_milliseconds(lifecycle: Lifecycle) -> None:
+    lifecycle.on_shutdown(lambda: time.sleep(0.0012345))
+    data = lifecycle.shutdown("quick", timeout=WAIT).as_dict()
+    durations = [data["duration"]] + [i["duration"] for i in data["phases"] + data["callbacks"]]
+    assert all(d == round(d, 3) for d in durations)
+    assert data["callbacks"][0]["duration"] >= 0.001
