@@ -49,6 +49,7 @@ class Log(Protocol):
 
 
 _HEARTBEAT_INTERVAL = 0.5
+_CUT_CHECK_INTERVAL = 0.05
 
 
 def callback_name(func: Callback) -> str:
@@ -196,10 +197,15 @@ def run_callback(
     started = time.monotonic()
     thread = threading.Thread(target=target, name=f"graceful:{registration.name}", daemon=True)
     thread.start()
-    while not outcome.done.wait(min(_HEARTBEAT_INTERVAL, remaining())):
-        heartbeat()
+    # A phase end that can move is looked at more often than the heartbeat is due.
+    interval = _HEARTBEAT_INTERVAL if cut_at is None else _CUT_CHECK_INTERVAL
+    last_beat = started
+    while not outcome.done.wait(min(interval, remaining())):
         if remaining() <= 0:
             break
+        if time.monotonic() - last_beat >= _HEARTBEAT_INTERVAL:
+            last_beat = time.monotonic()
+            heartbeat()
     duration = time.monotonic() - started
     return _result(registration, outcome, duration, logger)
 

@@ -22,9 +22,11 @@ from .server_config import (
     check_lifecycle_fits,
     check_report_directory,
     graceful_worker_class,
+    keep_in_force,
     load_settings,
+    settings_in_force,
 )
-from .settings import SettingsError
+from .settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from gunicorn.arbiter import Arbiter
@@ -81,13 +83,24 @@ def _install(server: Arbiter) -> None:
     first_start = master_state.current() is None
     try:
         settings, warnings = load_settings(cfg)
-        check_report_directory(settings)
-        worker = graceful_worker_class(cfg)
+        if first_start:
+            check_report_directory(settings)
+        else:
+            _warn_if_unwritable(server, settings)
+        keep_in_force(settings)
     except SettingsError as exc:
         if first_start:
             # gunicorn prints a RuntimeError as "Error: ..." and exits 1, before any fork.
             raise RuntimeError(f"graceful_gunicorn: {exc}") from None
+        # A reload with a bad value: the server goes on with the settings it had.
         _log(server).error("graceful_gunicorn: %s; the previous settings stay in force", exc)
+        warnings = []
+    try:
+        worker = graceful_worker_class(cfg)
+    except SettingsError as exc:
+        if first_start:
+            raise RuntimeError(f"graceful_gunicorn: {exc}") from None
+        _log(server).error("graceful_gunicorn: %s; new workers stop without it", exc)
         return
     for warning in warnings:
         _log(server).warning("graceful_gunicorn: %s", warning)
@@ -96,7 +109,6 @@ def _install(server: Arbiter) -> None:
         server.worker_class = cfg.worker_class
     _chain_shadowed_hooks(cfg)
     _warn_old_gunicorn(server.log)
-    _log(server).debug("graceful_gunicorn: %s", settings)
 
 
 def _chain_shadowed_hooks(cfg: Any) -> None:
@@ -148,6 +160,13 @@ def _warn_old_gunicorn(log: Any) -> None:
         )
 
 
+def _warn_if_unwritable(server: Arbiter, settings: Settings) -> None:
+    try:
+        check_report_directory(settings)
+    except SettingsError as exc:
+        _log(server).warning("graceful_gunicorn: %s; the report will only be logged", exc)
+
+
 def _check_preloaded_app(server: Arbiter) -> None:
     """With ``--preload`` the app is known before the fork: check its callbacks fit."""
     if not server.cfg.preload_app:
@@ -155,7 +174,7 @@ def _check_preloaded_app(server: Arbiter) -> None:
     lifecycle = find_lifecycle(server.app.wsgi())
     if lifecycle is None:
         return
-    settings, _ = load_settings(server.cfg)
+    settings = settings_in_force(server.cfg)
     lifecycle.callback_timeout = settings.shutdown_callback_timeout
     try:
         check_lifecycle_fits(lifecycle, settings, float(server.cfg.graceful_timeout))

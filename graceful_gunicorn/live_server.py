@@ -12,9 +12,12 @@
     assert "shutdown summary" in server.log()
 
 gunicorn binds port 0 unless told otherwise, so the kernel picks a free port
-and :attr:`GunicornServer.port` reads it from gunicorn's log. The master
-runs in a session of its own; :meth:`GunicornServer.stop` (also on leaving
-the ``with`` block) kills it and every worker it ever logged, by PID.
+and :attr:`GunicornServer.port` reads it from gunicorn's log, which goes to
+``log_path`` at level info (a ``--log-level`` in ``args`` wins; an
+``errorlog`` set in a config file does not). The master runs in a session of
+its own; :meth:`GunicornServer.stop` (also on leaving the ``with`` block)
+kills its process group: the master and every worker. Without ``log_path``
+the log is a temporary file, kept so that it can be read after the stop.
 The pytest fixture ``gunicorn_server`` (:mod:`graceful_gunicorn.pytest_plugin`)
 starts one with graceful_gunicorn's config.
 """
@@ -36,7 +39,7 @@ from types import TracebackType
 #: Seconds a server may take to boot before a test fails.
 BOOT_TIMEOUT = 30.0
 
-_LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
+_LISTENING = re.compile(r"Listening at: https?://127\.0\.0\.1:(\d+)")
 _BOOTED = re.compile(r"Booting worker with pid: (\d+)")
 _GRACEFUL_READY = re.compile(r"graceful_gunicorn: worker \d+ ready with")
 
@@ -75,7 +78,6 @@ class GunicornServer:
         #: gunicorn's stdout and stderr (its error log, our lines included).
         self.log_path = Path(log_path)
         self.process: subprocess.Popen[bytes] | None = None
-        self._known_pids: set[int] = set()
 
     # -- starting and stopping -----------------------------------------------------
 
@@ -87,6 +89,11 @@ class GunicornServer:
             "gunicorn",
             "-b",
             f"127.0.0.1:{self._port}",
+            # the port and the workers are read from gunicorn's log: keep it here
+            "--error-logfile",
+            "-",
+            "--log-level",
+            "info",
             *self.args,
         ]
         with open(self.log_path, "wb") as log:
@@ -99,19 +106,22 @@ class GunicornServer:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self._known_pids.add(self.process.pid)
         return self
 
     def stop(self) -> None:
-        """Kill the master and every worker it ever logged, by PID (``SIGKILL``)."""
-        self.worker_pids()
-        for pid in sorted(self._known_pids):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.process is not None:
-            self.process.wait(10)
+        """Kill the master and its workers (``SIGKILL``); harmless when they are gone.
+
+        The master leads a process group of its own, which its workers share,
+        so one ``killpg`` reaches every one of them, even one forked a moment
+        ago, and nothing outside it.
+        """
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # the whole group is gone already
+        self.process.wait(10)
 
     def __enter__(self) -> GunicornServer:
         return self.start() if self.process is None else self
@@ -159,9 +169,7 @@ class GunicornServer:
 
     def worker_pids(self) -> list[int]:
         """Every worker the master booted so far, in order."""
-        pids = [int(pid) for pid in _BOOTED.findall(self.log())]
-        self._known_pids.update(pids)
-        return pids
+        return [int(pid) for pid in _BOOTED.findall(self.log())]
 
     # -- talking to it ----------------------------------------------------------------
 

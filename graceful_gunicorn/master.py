@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import gunicorn
 
 from . import master_state, worker_reports
-from .server_config import load_settings
+from .server_config import settings_in_force
 from .settings import Settings, SettingsError
 from .summary import MasterStopRecord, report
 
@@ -158,10 +158,9 @@ class MasterStop:
 
     def _settings(self) -> Settings:
         try:
-            settings, _ = load_settings(self.server.cfg)
-        except SettingsError:  # a bad reload was refused; start-up checked the settings
+            return settings_in_force(self.server.cfg)
+        except SettingsError:  # cannot happen once start-up checked the settings
             return Settings()
-        return settings
 
     def report(self) -> None:
         """On exit: log the shutdown summary and JSON report (and save it if asked to)."""

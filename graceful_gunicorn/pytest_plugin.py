@@ -13,7 +13,9 @@ pytest loads this plugin by itself once graceful_gunicorn is installed::
         assert "0 killed" in server.log()
 
 Each call starts one gunicorn master on 127.0.0.1 with graceful_gunicorn's
-config (unless the arguments name a config file with ``-c``), in ``cwd``
+config, ``-c python:graceful_gunicorn.conf``, unless the arguments name a
+config file with ``-c`` (so a ``gunicorn.conf.py`` in the working directory
+is not read unless you pass ``-c gunicorn.conf.py``), in ``cwd``
 (the test's working directory by default), logging to a file in ``tmp_path``. Every process it
 started is killed by PID when the test ends, passed or failed.
 """
@@ -21,16 +23,27 @@ started is killed by PID when the test ends, passed or failed.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
 from .live_server import GunicornServer
 
-StartServer = Callable[..., GunicornServer]
-"""``gunicorn_server(*args, env=None, port=0, cwd=None)``: start one, return it."""
+
+class StartServer(Protocol):
+    """The ``gunicorn_server`` fixture: start one server, return it."""
+
+    def __call__(
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        port: int = 0,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> GunicornServer: ...
+
 
 _CONFIG_OPTIONS = ("-c", "--config")
 

@@ -51,6 +51,29 @@ def load_settings(
     return settings, warnings
 
 
+_in_force: Settings | None = None
+
+
+def keep_in_force(settings: Settings) -> None:
+    """Record the settings the master checked (workers inherit them at the fork)."""
+    global _in_force
+    _in_force = settings
+
+
+def settings_in_force(cfg: Config) -> Settings:
+    """``cfg``'s settings; after a reload brought a bad value, the ones in force before.
+
+    Raises :class:`SettingsError` when there are none to fall back on.
+    """
+    try:
+        settings, _ = load_settings(cfg)
+    except SettingsError:
+        if _in_force is None:
+            raise
+        return _in_force
+    return settings
+
+
 def graceful_worker_class(cfg: Config) -> str | None:
     """The dotted name of the graceful worker to use, or ``None`` if it is already one.
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import WORKER_CLASSES
-from .server import Gunicorn, wait_until
+from .server import Gunicorn, http_get, wait_until
 from .test_shutdown_signals import APP, GRACEFUL, send_in_background, worker_args
 
 GRACEFUL_TIMEOUT = 30
@@ -255,3 +255,32 @@ def test_repeated_sigint_under_load_never_hangs_a_gthread_worker(
         for thread in threads:
             thread.join(10)
         server.events_path.unlink()
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_group_sigterm_during_shutdown_delay_keeps_the_workers_serving(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. shutdown_delay=2 and a readiness path 2. SIGTERM to the process group
+    (master and worker, as systemd does).
+
+    Result: during the delay the same worker keeps answering (readiness 503,
+    the app 200) and no worker is respawned; then the master stops it and its
+    callbacks run once with reason "terminate".
+    """
+    server = one_worker(
+        gunicorn,
+        worker_class,
+        {"GRACEFUL_SHUTDOWN_DELAY": "2", "GRACEFUL_READINESS_PATH": "/-/ready"},
+    )
+    server.wait_ready(workers=1)
+    os.killpg(server.pid, signal.SIGTERM)
+    wait_until(lambda: "ignores a SIGTERM" in server.log(), 10, "the worker to ignore it")
+    assert http_get(server.port, "/-/ready", 5).status == 503
+    assert http_get(server.port, "/hello", 5).status == 200
+    assert server.callbacks() == []
+    assert server.wait_exit(GRACEFUL_TIMEOUT) == 0
+    assert len(server.worker_pids()) == 1
+    assert_each_callback_ran_once(server)
+    assert {e["reason"] for e in server.callbacks()} == {"terminate"}
+    assert [e["name"] for e in server.callbacks("on_shutdown")] == ["o2", "o1"]

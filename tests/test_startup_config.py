@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .server import Gunicorn
+from .server import Gunicorn, http_get, wait_until
 
 APP = "tests.apps.events_app:app"
 GRACEFUL = ["-c", "python:graceful_gunicorn.conf"]
@@ -90,3 +92,33 @@ def test_user_config_file_keeps_its_hooks_and_settings(
     assert "Using worker: graceful_gunicorn.workers.GracefulSync" in log
     assert log.count("USER worker_exit") == 2
     assert len(server.callbacks("after_shutdown")) == 2
+
+
+def test_reload_with_a_bad_value_keeps_the_previous_settings(
+    gunicorn: Callable[..., Gunicorn], tmp_path: Path
+) -> None:
+    """1. a config file with shutdown_callback_timeout = 3 2. the file is edited
+    to a bad value 3. SIGHUP 4. SIGTERM.
+
+    Result: the reload logs the error and goes on: the new worker is a graceful
+    one with the previous settings, serves, and runs its callbacks on SIGTERM.
+    """
+    config = tmp_path / "reloaded.conf.py"
+    config.write_text("from graceful_gunicorn.conf import *\nshutdown_callback_timeout = 3\n")
+    server = gunicorn(["-c", str(config), "-w", "1", APP])
+    server.wait_ready(workers=1)
+    config.write_text("from graceful_gunicorn.conf import *\nshutdown_callback_timeout = 'abc'\n")
+    server.signal(signal.SIGHUP)
+    wait_until(
+        lambda: len(re.findall(r"graceful_gunicorn: worker \d+ ready with", server.log())) == 2,
+        30,
+        "the reloaded worker",
+    )
+    log = server.log()
+    assert "shutdown_callback_timeout must be a number of seconds" in log
+    assert "the previous settings stay in force" in log
+    assert http_get(server.port, "/hello").status == 200
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(30) == 0
+    reasons = [(e["name"], e["reason"]) for e in server.callbacks("on_shutdown")]
+    assert reasons == [("o2", "reload"), ("o1", "reload"), ("o2", "terminate"), ("o1", "terminate")]

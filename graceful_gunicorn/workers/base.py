@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .. import master_state
 from ..context import PHASES
 from ..lifecycle import Lifecycle, find_lifecycle
-from ..server_config import check_lifecycle_fits, load_settings
+from ..server_config import check_lifecycle_fits, settings_in_force
 from ..settings import SettingsError
 from .coordinator import WorkerShutdown
 
@@ -73,7 +73,8 @@ class GracefulWorkerMixin(_Base):
         if state is not None and state.stop_kind != master_state.STOP_NONE:
             # The master stopped while this worker was being forked: its signal
             # reached the master's handler, inherited until now, and was lost.
-            self.graceful.request_after_sigterm()
+            sent = "SIGTERM" if state.stop_kind == master_state.STOP_TERMINATE else "SIGQUIT"
+            self.graceful.request_after_sigterm(f"{sent} (sent while the worker booted)")
 
     def load_wsgi(self) -> None:
         """Load the app, then find its lifecycle or give it one."""
@@ -82,7 +83,7 @@ class GracefulWorkerMixin(_Base):
         if lifecycle is None:
             lifecycle = Lifecycle()
             self.wsgi = cast(Any, lifecycle.wrap(cast(Any, self.wsgi)))
-        settings, _ = load_settings(self.cfg)
+        settings = settings_in_force(self.cfg)
         lifecycle.callback_timeout = settings.shutdown_callback_timeout
         try:
             check_lifecycle_fits(lifecycle, settings, float(self.cfg.graceful_timeout))

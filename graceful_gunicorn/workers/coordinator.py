@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import threading
 import time
 import traceback
@@ -87,6 +88,7 @@ class WorkerShutdown:
         #: Set once gunicorn's own loop has returned in the main thread.
         self.loop_finished = threading.Event()
         self._reason_unsettled = False
+        self._ignored_sigterm = False
         #: The signal that started the shutdown, if one did.
         self.signal_name: str | None = None
         self._wake_read, self._wake_write = os.pipe()
@@ -117,6 +119,7 @@ class WorkerShutdown:
                 sequence.escalate(time.monotonic() + self._escalated_budget())
             else:  # the sequence has not started: it starts quick (see _run)
                 self.requested = reason
+                self.signal_name = signal_name
         try:
             os.write(self._wake_write, b"!")
         except OSError:  # the pipe is full: the coordinator is awake anyway
@@ -134,12 +137,34 @@ class WorkerShutdown:
             budget = min(budget, MASTER_QUICK_LIMIT - safety_margin(MASTER_QUICK_LIMIT))
         return budget
 
-    def request_after_sigterm(self) -> None:
-        """SIGTERM: ask for a shutdown for the reason the master recorded."""
-        reason = self.term_reason()
-        # "recycle" may just mean that the master has not recorded its stop yet
-        self._reason_unsettled = reason == "recycle"
-        self.request(reason, "SIGTERM")
+    def request_after_sigterm(self, signal_name: str = "SIGTERM") -> None:
+        """SIGTERM: ask for a shutdown for the reason the master recorded.
+
+        Ignored while the master holds ``shutdown_delay``: a SIGTERM sent to the
+        whole process group reaches the workers too, and the master sends its
+        own when the delay is over.
+        """
+        if self.requested is not None:
+            return
+        if self._master_holds_delay():
+            self._ignored_sigterm = True
+        else:
+            reason = self.term_reason()
+            # "recycle" may just mean that the master has not recorded its stop yet
+            self._reason_unsettled = reason == "recycle"
+            self.request(reason, signal_name)
+            return
+        try:
+            os.write(self._wake_write, b"!")  # the coordinator logs it
+        except OSError:
+            pass
+
+    @staticmethod
+    def _master_holds_delay() -> bool:
+        state = master_state.current()
+        return (
+            state is not None and state.stop_kind == master_state.STOP_NONE and state.flag[0] != 0
+        )
 
     def term_reason(self) -> Reason:
         """Why this worker got SIGTERM, as the master recorded it."""
@@ -161,16 +186,37 @@ class WorkerShutdown:
         thread = threading.Thread(target=self._watch, name="graceful-shutdown", daemon=True)
         thread.start()
 
-    def _watch(self) -> None:
-        while self.requested is None:
-            select.select([self._wake_read], [], [], 1.0)
-            try:
-                os.read(self._wake_read, 64)
-            except BlockingIOError:
-                pass
-        self._run(self._settled(self.requested))
+    def use_as_signal_wakeup(self) -> None:
+        """Have CPython's C signal handler write each signal's number to our pipe.
 
-    def _settled(self, reason: Reason) -> Reason:
+        For a main thread that may sit in a restarted system call (the sync
+        worker serving a request): the Python handler runs only when that
+        call returns, but the coordinator thread reads the number at once.
+        """
+        signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+
+    def _watch(self) -> None:
+        while True:
+            while self.requested is None:
+                select.select([self._wake_read], [], [], 1.0)
+                try:
+                    woke = os.read(self._wake_read, 64)
+                except BlockingIOError:
+                    woke = b""
+                if signal.SIGTERM in woke:
+                    self.request_after_sigterm()
+                if self._ignored_sigterm:
+                    self._ignored_sigterm = False
+                    self._log_ignored_sigterm()
+            reason = self._settled(self.requested)
+            if reason is not None:
+                break
+            self._withdraw()
+            self._log_ignored_sigterm()
+        self._run(reason)
+
+    def _settled(self, reason: Reason) -> Reason | None:
+        """The reason of a SIGTERM once the master explained it; ``None``: ignore it."""
         if not self._reason_unsettled:
             return reason
         until = time.monotonic() + REASON_SETTLE
@@ -178,11 +224,27 @@ class WorkerShutdown:
             requested = self.requested
             if requested is not None and requested != reason:  # a quick signal came
                 return requested
+            if self._master_holds_delay():
+                return None
             explained = self.term_reason()
             if explained != reason:
                 return explained
             time.sleep(0.01)
         return reason
+
+    def _withdraw(self) -> None:
+        if self.requested in QUICK_REASONS:
+            return  # a quick signal came meanwhile: it stands
+        self.requested = None
+        self.signal_name = None
+        self._reason_unsettled = False
+
+    def _log_ignored_sigterm(self) -> None:
+        self.worker.log.info(
+            "graceful_gunicorn: worker %s ignores a SIGTERM while the master holds "
+            "shutdown_delay; it stops when the master stops it",
+            os.getpid(),
+        )
 
     def _deadline(self, reason: Reason) -> float:
         state = master_state.current()
@@ -192,7 +254,8 @@ class WorkerShutdown:
             started = min(started, state.stop_at)  # the master's clock runs from its signal
         master_deadline = started + self.graceful_timeout - margin
         if reason in QUICK_REASONS:
-            return min(self.requested_at + self.settings.quick_shutdown_timeout, master_deadline)
+            # counted from now: the app may have been loading since the signal
+            return min(time.monotonic() + self.settings.quick_shutdown_timeout, master_deadline)
         return master_deadline
 
     def _run(self, reason: Reason) -> None:

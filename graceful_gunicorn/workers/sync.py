@@ -21,16 +21,19 @@ class GracefulSync(GracefulWorkerMixin, SyncWorker):
     """gunicorn's sync worker with the graceful shutdown sequence."""
 
     def init_signals(self) -> None:
-        """Let SIGTERM interrupt a blocking call of the request being served.
+        """Let the coordinator see a SIGTERM that arrives during a blocking call.
 
-        gunicorn restarts system calls after SIGTERM (``SA_RESTART``), so while
-        the main thread waits in ``recv()`` (a client that stalls its body, a
-        slow database) the handler would not run until that call returns, and
-        the worker would not begin its shutdown at all. Python retries the
-        interrupted call itself (PEP 475), so the request is not disturbed.
+        gunicorn restarts system calls after SIGTERM (``SA_RESTART``, so that a
+        request is not disturbed), so while the main thread waits in ``recv()``
+        (a client that stalls its body, a slow database) the Python handler
+        would not run until that call returns, and the worker would not begin
+        its shutdown. The C handler still writes the signal's number to the
+        wakeup pipe, which the coordinator thread reads. Our stop wakes
+        gunicorn's loop through its own pipe (:meth:`stop_serving`).
         """
         super().init_signals()
-        signal.siginterrupt(signal.SIGTERM, True)
+        assert self.graceful is not None  # created by the mixin's init_signals
+        self.graceful.use_as_signal_wakeup()
 
     def serve_backlog(self) -> None:
         """Serve the connections still queued in the listen backlog, within the drain.
