@@ -121,12 +121,12 @@ class InFlightMiddleware:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Serve one request, counting it until its response is closed."""
         readiness = self.readiness
-        if readiness is not None:
-            if readiness.path is not None and environ.get("PATH_INFO") == readiness.path:
-                return readiness.respond(environ, start_response)
-            # Inline, not a method: this runs on every request.
-            if readiness.stopping or readiness.server_flag[0]:
-                readiness.close_connection(start_response)
+        if (
+            readiness is not None
+            and readiness.path is not None
+            and environ.get("PATH_INFO") == readiness.path
+        ):
+            return readiness.respond(environ, start_response)
         request = _new_request(_Request)
         request.environ = environ
         request.started = _monotonic()
@@ -139,6 +139,11 @@ class InFlightMiddleware:
         except BaseException:
             active.discard(request)
             raise
+        # Asked once the app returned, so that a request that was running when
+        # the stop began closes its connection too (gunicorn sends the headers
+        # later, on the first write). Inline, not a method: every request runs it.
+        if readiness is not None and (readiness.stopping or readiness.server_flag[0]):
+            readiness.close_connection(start_response)
         # PEP 3333 only asks for a callable; gunicorn's is a class, whose exact
         # type a file response has.
         if type(iterable) is environ.get("wsgi.file_wrapper"):

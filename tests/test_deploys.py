@@ -157,6 +157,37 @@ def test_idle_kept_alive_connection_does_not_hold_the_worker(
 
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_request_running_when_the_stop_begins_closes_its_connection(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. a kept-alive connection made one request, then a second one that is
+    held 2. SIGTERM the master 3. release the request.
+
+    Result: the first response kept the connection alive (gthread, gevent);
+    the held one completes 200 with "Connection: close", so the client does
+    not send its next request to a stopping worker.
+    """
+    server = gunicorn([*GRACEFUL, *worker_args(worker_class, workers=1), "--keep-alive", "15", APP])
+    server.wait_ready(workers=1)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        first = request(connection, "GET", "/hello")
+        connection.request("GET", "/hold/running")
+        wait_until(lambda: server.events("entered"), 20, "the request in flight")
+        server.signal(signal.SIGTERM)
+        wait_until(lambda: server.callbacks("before_shutdown"), 20, "the stop to begin")
+        server.release("running")
+        held = connection.getresponse()
+        held.read()
+    finally:
+        connection.close()
+    expected_first = "close" if worker_class == "sync" else "keep-alive"
+    assert (first.status, first.getheader("Connection")) == (200, expected_first)
+    assert (held.status, held.getheader("Connection")) == (200, "close")
+    assert server.wait_exit(30) == 0
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_connections_waiting_in_the_backlog_are_served(
     gunicorn: Callable[..., Gunicorn], worker_class: str
 ) -> None:
