@@ -58,6 +58,8 @@ class ShutdownResults:
     rounds: int
     idle_exit: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     last_request_to_worker_exit: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    #: The part of it before the interpreter's teardown (the worker's ``atexit``).
+    last_request_to_atexit: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     busy_master_exit: dict[tuple[str, str], list[float]] = field(default_factory=dict)
 
 
@@ -73,13 +75,16 @@ def idle_stop(workdir: Path, worker_class: str, graceful: bool) -> float:
         return exited - signalled
 
 
-def busy_stop(workdir: Path, worker_class: str, graceful: bool) -> tuple[float, float]:
-    """(last response to worker exit, ``SIGTERM`` to master exit) with one request in flight."""
+def busy_stop(workdir: Path, worker_class: str, graceful: bool) -> tuple[float, float, float]:
+    """With one request in flight: (last response to worker exit, last response to
+    the worker's ``atexit``, ``SIGTERM`` to master exit)."""
     with Server(workdir, worker_class, graceful=graceful) as server:
         server.wait_ready()
         (worker,) = server.worker_pids()
         marker = workdir / f"started-{worker}"
         marker.unlink(missing_ok=True)
+        at_exit = workdir / f"atexit-{worker}"
+        at_exit.unlink(missing_ok=True)
         answered: list[float] = []
 
         def client() -> None:
@@ -103,7 +108,12 @@ def busy_stop(workdir: Path, worker_class: str, graceful: bool) -> tuple[float, 
         server.reap(TIMEOUT)
         if not answered:
             raise RuntimeError(f"the held request failed:\n{server.log()}")
-        return worker_exited - answered[0], master_exited - signalled
+        interpreter_exit = float(at_exit.read_text())
+        return (
+            worker_exited - answered[0],
+            interpreter_exit - answered[0],
+            master_exited - signalled,
+        )
 
 
 def run_shutdown(
@@ -117,12 +127,14 @@ def run_shutdown(
                 graceful = variant == "graceful"
                 key = (worker_class, variant)
                 idle = idle_stop(workdir, worker_class, graceful)
-                last, master = busy_stop(workdir, worker_class, graceful)
+                last, to_atexit, master = busy_stop(workdir, worker_class, graceful)
                 results.idle_exit.setdefault(key, []).append(idle)
                 results.last_request_to_worker_exit.setdefault(key, []).append(last)
+                results.last_request_to_atexit.setdefault(key, []).append(to_atexit)
                 results.busy_master_exit.setdefault(key, []).append(master)
                 progress(
                     f"shutdown   {worker_class:7} {variant:8} round {round_no}: idle exit "
-                    f"{idle * 1000:6.0f} ms, last request to worker exit {last * 1000:6.1f} ms"
+                    f"{idle * 1000:6.0f} ms, last request to worker exit {last * 1000:6.1f} ms "
+                    f"(to atexit {to_atexit * 1000:5.1f} ms)"
                 )
     return results

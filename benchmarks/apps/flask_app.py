@@ -16,10 +16,15 @@ Routes:
 - ``/hold?ms=N``: writes ``$BENCH_DIR/started-<pid>``, then answers after N ms
   (the shutdown benchmark holds a request in flight with it);
 - ``/pid``: the pid of the worker that answers.
+
+Each worker writes ``$BENCH_DIR/atexit-<pid>`` (the :func:`time.monotonic` time)
+from an ``atexit`` handler: where the worker's own work ends and the
+interpreter's teardown begins.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -87,6 +92,15 @@ class IteratingMiddleware:
                 close()
             self.in_flight -= 1
 
+
+def _mark_interpreter_exit() -> None:
+    directory = os.environ.get("BENCH_DIR")
+    if directory:
+        with open(os.path.join(directory, f"atexit-{os.getpid()}"), "w") as f:
+            f.write(str(time.monotonic()))
+
+
+atexit.register(_mark_interpreter_exit)
 
 plain = create_app()
 
