@@ -2,7 +2,7 @@
 
 Writes ``benchmarks/results.md`` (and the raw figures to ``results.json``).
 ``--quick`` is a short smoke run (a few minutes); the default full run takes
-about twelve minutes. ``--only`` picks sections.
+about twelve minutes. ``--only`` picks sections (and writes ``results-<sections>.md``).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "--output",
         type=Path,
         help="report path (default: benchmarks/results.md, "
-        "or benchmarks/results-quick.md with --quick)",
+        "benchmarks/results-quick.md with --quick, benchmarks/results-<sections>.md with --only)",
     )
     parser.add_argument(
         "--python",
@@ -112,11 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     sections = args.only or list(SECTIONS)
-    output: Path = args.output or HERE / ("results-quick.md" if args.quick else "results.md")
+    # A partial run never replaces the full report kept in the repository.
+    default_name = "results-quick.md" if args.quick else "results.md"
+    if args.only and not args.quick:
+        default_name = "results-" + "-".join(sorted(set(args.only))) + ".md"
+    output: Path = args.output or HERE / default_name
     if {"throughput", "sendfile"} & set(sections) and not have_wrk():
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
     started = time.monotonic()
-    report = Report(mode="quick" if args.quick else "full", duration=0.0)
+    mode = "quick" if args.quick else "full"
+    if args.only:
+        mode += " (" + ", ".join(sections) + " only)"
+    report = Report(mode=mode, duration=0.0)
     with tempfile.TemporaryDirectory(prefix="graceful-bench-") as tmp:
         workdir = Path(tmp)
         if "throughput" in sections:
