@@ -100,3 +100,9 @@ class Gunicorn(GunicornServer):
 
     def callbacks(self, phase: str | None = None) -> list[dict[str, object]]:
         return [e for e in self.events("callback") if phase is None or e["phase"] == phase]
+
+
+def print_figure(what: str, seconds: float) -> None:
+    """Print a measured time for the record (shown with ``pytest -s``)."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+    print(f"[figure] {test}: {what} {seconds:.2f}s")

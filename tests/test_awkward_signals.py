@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import WORKER_CLASSES
-from .server import Gunicorn, http_get, wait_until
+from .server import Gunicorn, http_get, print_figure, wait_until
 from .test_shutdown_signals import APP, GRACEFUL, send_in_background, worker_args
 
 GRACEFUL_TIMEOUT = 30
@@ -90,6 +90,7 @@ def test_sigint_during_before_shutdown_cuts_it_short(
     server.signal(signal.SIGINT)
     assert server.wait_exit(GRACEFUL_TIMEOUT) == 0
     took = time.monotonic() - started
+    print_figure("exit after the signal", took)
     assert took < 5, f"took {took:.1f}s"
     assert_each_callback_ran_once(server)
     assert [e["name"] for e in server.callbacks("before_shutdown")] == ["slow-before-start"]
@@ -119,6 +120,7 @@ def test_sigint_during_on_shutdown_shortens_it(
     server.signal(signal.SIGINT)
     assert server.wait_exit(GRACEFUL_TIMEOUT) == 0
     took = time.monotonic() - started
+    print_figure("exit after the signal", took)
     assert took < 6, f"took {took:.1f}s"
     assert_each_callback_ran_once(server)
     assert len(server.callbacks("before_shutdown")) == 1
@@ -139,6 +141,7 @@ def test_sigterm_while_the_app_loads(gunicorn: Callable[..., Gunicorn], worker_c
     server.signal(signal.SIGTERM)
     assert server.wait_exit(GRACEFUL_TIMEOUT) == 0
     took = time.monotonic() - started
+    print_figure("exit after the signal", took)
     assert took < 10, f"took {took:.1f}s"
     assert_each_callback_ran_once(server)
     assert {e["reason"] for e in server.callbacks()} == {"terminate"}
@@ -189,6 +192,7 @@ def test_sigterm_before_the_worker_has_its_signal_handlers(
     server.signal(signal.SIGTERM)
     assert server.wait_exit(GRACEFUL_TIMEOUT) == 0
     took = time.monotonic() - started
+    print_figure("exit after the signal", took)
     assert took < 10, f"took {took:.1f}s\n{server.log()}"
     assert_each_callback_ran_once(server)
     assert {e["reason"] for e in server.callbacks()} == {"terminate"}
@@ -248,6 +252,7 @@ def test_repeated_sigint_under_load_never_hangs_a_gthread_worker(
         server.signal(signal.SIGINT)
         assert server.wait_exit(20) == 0
         took = time.monotonic() - started
+        print_figure("exit after the signal", took)
         assert took < 5, f"attempt {attempt} took {took:.1f}s"
         assert len(server.callbacks("after_shutdown")) == 1
         for i in range(3):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from .conftest import WORKER_CLASSES
-from .server import Gunicorn
+from .server import Gunicorn, print_figure
 from .test_shutdown_signals import APP, GRACEFUL, worker_args
 
 GRACEFUL_TIMEOUT = 20
@@ -43,6 +43,7 @@ def test_exit_thread_and_endless_async_callbacks_are_contained(
     server.signal(signal.SIGTERM)
     assert server.wait_exit(GRACEFUL_TIMEOUT + 5) == 0
     took = time.monotonic() - started
+    print_figure("exit after the signal", took)
 
     log = server.log()
     assert "on_shutdown callback tests.apps.events_app.never_finishes timed out" in log

@@ -15,7 +15,7 @@ from contextlib import ExitStack, contextmanager
 import pytest
 
 from .conftest import WORKER_CLASSES
-from .server import Gunicorn, http_get, wait_until
+from .server import Gunicorn, http_get, print_figure, wait_until
 from .test_awkward_signals import assert_each_callback_ran_once, one_worker
 
 GRACEFUL_TIMEOUT = 10
@@ -96,6 +96,7 @@ def test_broken_clients_leave_no_request_counted(
     server.signal(signal.SIGTERM)
     assert server.wait_exit(GRACEFUL_TIMEOUT) == 0
     took = time.monotonic() - started
+    print_figure("exit after the signal", took)
     log = server.log()
     assert "drain deadline passed" not in log
     assert took < 4, f"took {took:.1f}s"
@@ -126,6 +127,7 @@ def test_stalled_clients_do_not_hold_the_drain_past_its_budget(
         server.signal(signal.SIGTERM)
         assert server.wait_exit(GRACEFUL_TIMEOUT + 5) == 0
         took = time.monotonic() - started
+        print_figure("exit after the signal", took)
 
     log = server.log()
     assert "drain deadline passed" in log
