@@ -196,7 +196,13 @@ def run_callback(
 
     started = time.monotonic()
     thread = threading.Thread(target=target, name=f"graceful:{registration.name}", daemon=True)
-    thread.start()
+    try:
+        thread.start()
+    except RuntimeError:
+        # Python 3.12+ starts no thread once the interpreter exits (the
+        # development server's callbacks run then): run it here, bounded only
+        # if it is async.
+        target()
     # A phase end that can move is looked at more often than the heartbeat is due.
     interval = _HEARTBEAT_INTERVAL if cut_at is None else _CUT_CHECK_INTERVAL
     last_beat = started

@@ -753,3 +753,20 @@ def test_report_as_dict_rounds_durations_to_milliseconds(lifecycle: Lifecycle) -
     durations = [data["duration"]] + [i["duration"] for i in data["phases"] + data["callbacks"]]
     assert all(d == round(d, 3) for d in durations)
     assert data["callbacks"][0]["duration"] >= 0.001
+
+
+def test_callbacks_run_in_the_calling_thread_when_no_thread_can_start(
+    lifecycle: Lifecycle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At interpreter exit Python 3.12+ refuses new threads: the callbacks still run."""
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    ran: list[str] = []
+    lifecycle.on_shutdown(lambda: ran.append(threading.current_thread().name))
+    lifecycle.after_shutdown(lambda ctx: ran.append(ctx.reason))
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    report = lifecycle.shutdown("quick", timeout=WAIT)
+    assert ran == [threading.current_thread().name, "quick"]
+    assert report.count("ok") == 2
