@@ -120,6 +120,9 @@ class WorkerShutdown:
             else:  # the sequence has not started: it starts quick (see _run)
                 self.requested = reason
                 self.signal_name = signal_name
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             os.write(self._wake_write, b"!")
         except OSError:  # the pipe is full: the coordinator is awake anyway
@@ -148,16 +151,12 @@ class WorkerShutdown:
             return
         if self._master_holds_delay():
             self._ignored_sigterm = True
-        else:
-            reason = self.term_reason()
-            # "recycle" may just mean that the master has not recorded its stop yet
-            self._reason_unsettled = reason == "recycle"
-            self.request(reason, signal_name)
+            self._wake()  # the coordinator logs it
             return
-        try:
-            os.write(self._wake_write, b"!")  # the coordinator logs it
-        except OSError:
-            pass
+        reason = self.term_reason()
+        # "recycle" may just mean that the master has not recorded its stop yet
+        self._reason_unsettled = reason == "recycle"
+        self.request(reason, signal_name)
 
     @staticmethod
     def _master_holds_delay() -> bool:
