@@ -159,6 +159,26 @@ def test_summary_counts_a_worker_that_crashed_mid_shutdown(
     ]
 
 
+def test_ctrl_c_to_the_whole_group_counts_every_worker_clean(
+    gunicorn: Callable[..., Gunicorn],
+) -> None:
+    """Ctrl+C in a terminal signals every process; a worker may finish its quick
+    stop before the master has read its own SIGINT. 1. two workers 2. SIGINT to
+    each worker 3. once both ran after_shutdown, SIGINT to the master.
+
+    Result: the summary counts both workers clean.
+    """
+    server = gunicorn([*GRACEFUL, *worker_args("gthread"), APP])
+    server.wait_ready(workers=2)
+    for worker in server.worker_pids():
+        os.kill(worker, signal.SIGINT)
+    wait_until(lambda: len(server.callbacks("after_shutdown")) == 2, 10, "both workers done")
+    server.signal(signal.SIGINT)
+    assert server.wait_exit(20) == 0
+    assert "2 of 2 worker(s) stopped cleanly, 0 killed" in server.log()
+    assert len(server.callbacks("after_shutdown")) == 2
+
+
 def test_report_file_is_never_written_through_a_symlink(
     gunicorn: Callable[..., Gunicorn], tmp_path: Path
 ) -> None:

@@ -295,8 +295,10 @@ class WorkerShutdown:
             sequence.run_phase("after_shutdown")
             report = sequence.finish()
             state = master_state.current()
-            if state is not None and state.stop_kind != master_state.STOP_NONE:
-                worker_reports.write(report.as_dict())  # the master's summary reads it
+            # The master's summary reads it. Ctrl+C signals the whole group, so
+            # a quick stop may be over before the master has recorded its own.
+            if state is not None and (state.stop_kind != master_state.STOP_NONE or sequence.quick):
+                worker_reports.write(report.as_dict())
         except BaseException:
             log.exception("graceful_gunicorn: shutdown sequence failed")
         finally:
