@@ -2,7 +2,7 @@
 
 Writes ``benchmarks/results.md`` (and the raw figures to ``results.json``).
 ``--quick`` is a short smoke run (a few minutes); the default full run takes
-about twelve minutes. ``--only`` picks sections (and writes ``results-<sections>.md``).
+about twenty minutes. ``--only`` picks sections (and writes ``results-<sections>.md``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from .middleware_cost import find_pythons, run_middleware
 from .report import Report
 from .shutdown import run_shutdown
 from .throughput import run_sendfile, run_throughput
+from .worker_instructions import run_worker_instructions
 
-SECTIONS = ("throughput", "middleware", "shutdown", "sendfile")
+SECTIONS = ("throughput", "instructions", "middleware", "shutdown", "sendfile")
 WORKER_CLASSES = ("sync", "gthread", "gevent")
 HERE = Path(__file__).resolve().parent
 
@@ -43,6 +44,9 @@ class Plan:
     middleware_counts: tuple[int, ...]
     flask_counts: tuple[int, ...]
     callgrind_every_python: bool
+    instruction_rounds: int
+    instruction_window: int
+    instruction_windows: int
 
 
 FULL = Plan(
@@ -57,6 +61,9 @@ FULL = Plan(
     middleware_counts=(1000, 3000, 5000),
     flask_counts=(500, 1500, 2500),
     callgrind_every_python=True,
+    instruction_rounds=2,
+    instruction_window=300,
+    instruction_windows=3,
 )
 QUICK = Plan(
     rounds=2,
@@ -70,6 +77,9 @@ QUICK = Plan(
     middleware_counts=(200, 600),
     flask_counts=(100, 300),
     callgrind_every_python=False,
+    instruction_rounds=1,
+    instruction_window=50,
+    instruction_windows=2,
 )
 
 
@@ -130,6 +140,18 @@ def main(argv: list[str] | None = None) -> int:
             report.throughput = run_throughput(
                 workdir, WORKER_CLASSES, plan.rounds, plan.seconds, plan.connections, _progress
             )
+        if "instructions" in sections:
+            if have_valgrind():
+                report.instructions = run_worker_instructions(
+                    workdir,
+                    WORKER_CLASSES,
+                    plan.instruction_rounds,
+                    plan.instruction_window,
+                    plan.instruction_windows,
+                    _progress,
+                )
+            else:
+                _progress("valgrind is not installed: no instructions per request in the worker")
         if "middleware" in sections:
             callgrind = have_valgrind()
             if not callgrind:

@@ -51,11 +51,16 @@ def total_instructions(python: str, workload: str, requests: int, workdir: Path)
     ]
     subprocess.run(command, env=env, cwd=workdir, capture_output=True, check=True, timeout=1800)
     try:
-        match = _TOTAL.search(out.read_bytes())
+        return read_total(out)
     finally:
         out.unlink(missing_ok=True)
+
+
+def read_total(path: Path) -> int:
+    """The instruction total of one callgrind output file."""
+    match = _TOTAL.search(path.read_bytes())
     if match is None:
-        raise RuntimeError(f"no instruction total in callgrind's output of {command}")
+        raise RuntimeError(f"no instruction total in callgrind's output {path}")
     return int(match.group(1))
 
 

@@ -15,6 +15,7 @@ from .servers import REPO
 from .shutdown import ShutdownResults
 from .stats import Spread, ratios
 from .throughput import ROUTES, SendfileResults, ThroughputResults
+from .worker_instructions import WorkerInstructions
 
 #: Targets of issue 5.
 MIN_RPS_RATIO = 0.98
@@ -23,6 +24,8 @@ MAX_FLASK_ADDED = 0.02
 AIM_FLASK_ADDED = 0.005
 MAX_LAST_REQUEST_TO_EXIT = 0.050
 MAX_EXTRA_MEMORY_KIB = 1024
+#: Throughput >= 98% of plain, for a worker whose requests are bound by its CPU.
+MAX_INSTRUCTION_RATIO = 1 / MIN_RPS_RATIO
 
 
 def _version(package: str) -> str:
@@ -86,6 +89,7 @@ class Report:
     mode: str
     duration: float
     throughput: ThroughputResults | None = None
+    instructions: WorkerInstructions | None = None
     middleware: MiddlewareResults | None = None
     shutdown: ShutdownResults | None = None
     sendfile: SendfileResults | None = None
@@ -109,6 +113,8 @@ class Report:
         ]
         if self.throughput:
             parts += self._throughput(self.throughput)
+        if self.instructions:
+            parts += self._instructions(self.instructions)
         if self.middleware:
             parts += self._middleware(self.middleware)
         if self.shutdown:
@@ -129,15 +135,28 @@ class Report:
                 for route in ROUTES:
                     rps = t.rps_ratio(worker_class, route)
                     p99 = t.p99_ratio(worker_class, route)
+                    control = t.control_ratio(worker_class, route)
                     lines.append(
                         f"| throughput {worker_class} {route} >= {MIN_RPS_RATIO:.0%} of plain "
-                        f"| {rps.format()} | {_ok(rps.median >= MIN_RPS_RATIO)} |"
+                        f"(wall clock; plain/plain in brackets) "
+                        f"| {rps.format()} [{control.format()}] "
+                        f"| {_ok(rps.median >= MIN_RPS_RATIO)} |"
                     )
                     lines.append(
                         f"| p99 latency {worker_class} {route} within "
                         f"{MAX_P99_RATIO - 1:.0%} of plain "
                         f"| {p99.format()} | {_ok(p99.median <= MAX_P99_RATIO)} |"
                     )
+        w = self.instructions
+        if w:
+            for worker_class in sorted({k[0] for k in w.runs}):
+                ratio = w.ratio(worker_class)
+                lines.append(
+                    f"| throughput {worker_class} /hello >= {MIN_RPS_RATIO:.0%} of plain, "
+                    "by the worker's instructions per request (<= "
+                    f"{MAX_INSTRUCTION_RATIO - 1:.2%} more) | {w.added(worker_class):+,.0f} "
+                    f"= {ratio - 1:+.2%} | {_ok(ratio <= MAX_INSTRUCTION_RATIO)} |"
+                )
         m = self.middleware
         if m and m.flask_plain:
             added = m.flask_added()
@@ -207,9 +226,12 @@ class Report:
             "200 warm-up requests, one worker (the load generator needs the other core), "
             "gthread with 4 threads; a fresh server per run; "
             f"{t.rounds} rounds, plain and graceful alternated.\n",
-            "| worker | route | req/s plain | req/s graceful | ratio | p50 ms plain | "
-            "p50 ms graceful | p99 ms plain | p99 ms graceful | p99 ratio | errors |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "*Control* is a second plain server in each round: the ratio control/plain "
+            "is what two identical servers differ by here, the noise any ratio carries.\n",
+            "| worker | route | req/s plain | req/s graceful | ratio | control/plain "
+            "| p50 ms plain | p50 ms graceful | p99 ms plain | p99 ms graceful | p99 ratio "
+            "| errors |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for worker_class in sorted({k[0] for k in t.runs}):
             for route in ROUTES:
@@ -221,12 +243,39 @@ class Report:
                     f"| {Spread.of([r.rps for r in p]).format('{:.0f}')} "
                     f"| {Spread.of([r.rps for r in g]).format('{:.0f}')} "
                     f"| {t.rps_ratio(worker_class, route).format()} "
+                    f"| {t.control_ratio(worker_class, route).format()} "
                     f"| {Spread.of([r.p50_ms for r in p]).format('{:.2f}')} "
                     f"| {Spread.of([r.p50_ms for r in g]).format('{:.2f}')} "
                     f"| {Spread.of([r.p99_ms for r in p]).format('{:.2f}')} "
                     f"| {Spread.of([r.p99_ms for r in g]).format('{:.2f}')} "
                     f"| {t.p99_ratio(worker_class, route).format()} | {errors} |"
                 )
+        return [*lines, ""]
+
+    @staticmethod
+    def _instructions(w: WorkerInstructions) -> list[str]:
+        lines = [
+            "## 1b. Instructions per request in the worker\n",
+            "The CPU cost that throughput is the inverse of, counted by callgrind "
+            "instead of timed: a real gunicorn master and worker under "
+            "`valgrind --tool=callgrind --dump-before=getsid`, serving `/hello` to one "
+            "client, one request after the other (kept alive by gthread and gevent); "
+            f"windows of {w.window} requests, each closed by a `/mark` request whose "
+            "`getsid()` makes the worker write its count "
+            f"(`benchmarks/worker_instructions.py`). {w.rounds} rounds of a fresh plain "
+            f"and a fresh graceful server, alternated, {w.windows} windows each. "
+            "Everything the worker executes is counted: gunicorn, Flask, graceful_gunicorn.\n",
+            "| worker | plain instructions/request | graceful instructions/request "
+            "| added | added / plain |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for worker_class in sorted({k[0] for k in w.runs}):
+            lines.append(
+                f"| {worker_class} "
+                f"| {w.spread(worker_class, 'plain').format('{:,.0f}')} "
+                f"| {w.spread(worker_class, 'graceful').format('{:,.0f}')} "
+                f"| {w.added(worker_class):+,.0f} | {w.ratio(worker_class) - 1:+.2%} |"
+            )
         return [*lines, ""]
 
     @staticmethod

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -91,6 +92,7 @@ class Server:
         app: str | None = None,
         env: dict[str, str] | None = None,
         extra_args: list[str] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
         self.worker_class = worker_class
@@ -118,6 +120,8 @@ class Server:
             "BENCH_DIR": str(workdir),
             **(env or {}),
         }
+        #: A command the master runs under (``valgrind ...``); its workers are forks.
+        self.wrapper = list(wrapper)
         self.process: subprocess.Popen[bytes] | None = None
         self._pids: set[int] = set()
 
@@ -144,7 +148,7 @@ class Server:
         """Start the master (in the working directory, so no stray gunicorn.conf.py is read)."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", *self.args],
+                [*self.wrapper, sys.executable, "-m", "gunicorn", *self.args],
                 cwd=self.workdir,
                 env=self.env,
                 stdin=subprocess.DEVNULL,

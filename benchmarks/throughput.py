@@ -51,6 +51,13 @@ class ThroughputResults:
         g, p = self._pair(worker_class, route)
         return ratios([r.p99_ms for r in g], [r.p99_ms for r in p])
 
+    def control_ratio(self, worker_class: str, route: str) -> Spread:
+        """Throughput plain/plain (a second plain server, the control): the noise floor."""
+        return ratios(
+            [r.rps for r in self.runs[(worker_class, route, "control")]],
+            [r.rps for r in self.runs[(worker_class, route, "plain")]],
+        )
+
     def p50_ratio(self, worker_class: str, route: str) -> Spread:
         """p50 latency graceful/plain over the rounds."""
         g, p = self._pair(worker_class, route)
@@ -108,11 +115,15 @@ def run_throughput(
     connections: int,
     progress: Progress,
 ) -> ThroughputResults:
-    """Section 1 (and 4, memory, read after the load): each class, each route, alternated."""
+    """Section 1 (and 4, memory, read after the load): each class, each route, alternated.
+
+    A third server in each round, *control*, is plain gunicorn again: its ratio
+    to plain shows how far two identical servers differ on this machine.
+    """
     results = ThroughputResults(seconds=seconds, rounds=rounds, connections=connections)
     for worker_class in worker_classes:
         for round_no in range(rounds):
-            for variant in alternate(("plain", "graceful"), round_no):
+            for variant in alternate(("plain", "graceful", "control"), round_no):
                 with Server(workdir, worker_class, graceful=variant == "graceful") as server:
                     server.wait_ready()
                     for route in ROUTES:
@@ -124,9 +135,10 @@ def run_throughput(
                             f"{result.rps:8.0f} req/s p50 {result.p50_ms:.2f} ms "
                             f"p99 {result.p99_ms:.2f} ms errors {result.errors + result.non_2xx}"
                         )
-                    (worker,) = server.worker_pids()
-                    memory = worker_memory(worker)
-                    results.memory.setdefault((worker_class, variant), []).append(memory)
+                    if variant != "control":
+                        (worker,) = server.worker_pids()
+                        memory = worker_memory(worker)
+                        results.memory.setdefault((worker_class, variant), []).append(memory)
     return results
 
 

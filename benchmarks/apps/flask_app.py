@@ -15,7 +15,10 @@ Routes:
   (Flask's ``send_file``), which gunicorn sends with ``sendfile()``;
 - ``/hold?ms=N``: writes ``$BENCH_DIR/started-<pid>``, then answers after N ms
   (the shutdown benchmark holds a request in flight with it);
-- ``/pid``: the pid of the worker that answers.
+- ``/pid``: the pid of the worker that answers;
+- ``/mark``: calls ``getsid()``, which nothing else in a worker calls: under
+  ``valgrind --tool=callgrind --dump-before=getsid`` each call writes the
+  instructions counted since the previous one.
 
 Each worker writes ``$BENCH_DIR/atexit-<pid>`` (the :func:`time.monotonic` time)
 from an ``atexit`` handler: where the worker's own work ends and the
@@ -67,6 +70,11 @@ def create_app() -> Flask:
     @app.get("/pid")
     def pid() -> str:
         return str(os.getpid())
+
+    @app.get("/mark")
+    def mark() -> str:
+        # Under ``callgrind --dump-before=getsid`` this ends a counting window.
+        return str(os.getsid(0))
 
     return app
 

@@ -33,6 +33,14 @@ _CLOSES_ANNOUNCED_KEEPALIVE = gunicorn.version_info < (27, 0)
 POLLED_LINGER = 2.0
 
 
+class _Finishing(threading.local):
+    """Per thread: whether its ``finish_request`` keeps a connection."""
+
+    # A class default: reading it where it was never set raises no AttributeError
+    # (whose message costs more than the rest of ``alive``, read thrice a request).
+    keep = False
+
+
 class GracefulThread(GracefulWorkerMixin, ThreadWorker):
     """gunicorn's gthread worker with the graceful shutdown sequence.
 
@@ -44,21 +52,19 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
     _linger_until: float | None = None
     _lingered = False
     _lock: AbstractContextManager[object]  # gunicorn before 24 only
-    #: ``keep`` is True while this thread's ``finish_request`` keeps a connection.
-    _finishing = threading.local()
+    _finishing = _Finishing()
 
     @property
     def alive(self) -> bool:
         """False once told to stop; gunicorn's loop (before 24) sees it after a linger."""
-        if getattr(self._finishing, "keep", False):
+        if self._serving or self._finishing.keep:
             return True
         if (
-            self._serving
-            or not _DROPS_POLLED_CONNECTIONS
+            not _DROPS_POLLED_CONNECTIONS
             or self._lingered
             or threading.current_thread() is not threading.main_thread()
         ):
-            return self._serving
+            return False
         return self._serve_polled_connections()
 
     @alive.setter
@@ -82,30 +88,33 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
         wake.daemon = True
         wake.start()
 
-    def finish_request(self, *args: Any) -> None:
-        """Keep a connection whose response announced keep-alive, as gunicorn 27 does.
+    # gunicorn 27 keeps such a connection itself: nothing of ours on its request path.
+    if _CLOSES_ANNOUNCED_KEEPALIVE:
 
-        Its next request, which the client may be sending already, is then
-        answered with ``Connection: close``, instead of the connection being
-        reset. Only while gunicorn still serves its poller: the linger of
-        ``_serve_polled_connections`` (before 24) or of ``stop_serving`` (24-26).
-        """
-        if self._serving or not _CLOSES_ANNOUNCED_KEEPALIVE:
-            super().finish_request(*args)
-            return
-        if _DROPS_POLLED_CONNECTIONS:
-            with self._lock:  # in a request thread: against the end of the linger
-                self._finish_keeping(not self._lingered, args)
-            return
-        # 24-26: gunicorn's main thread, during its drain; the linger closes it.
-        # Only a finished keep-alive response (25-26 also return a "deferred" marker).
-        conn, fs = args
-        deadline = self._linger_until
-        keep = deadline is None or time.monotonic() < deadline
-        announced = not fs.cancelled() and fs.exception() is None and fs.result() is True
-        self._finish_keeping(keep and announced, args)
-        if keep and announced and deadline is not None and conn.timeout is not None:
-            conn.timeout = min(conn.timeout, deadline)
+        def finish_request(self, *args: Any) -> None:
+            """Keep a connection whose response announced keep-alive, as gunicorn 27 does.
+
+            Its next request, which the client may be sending already, is then
+            answered with ``Connection: close``, instead of the connection being
+            reset. Only while gunicorn still serves its poller: the linger of
+            ``_serve_polled_connections`` (before 24) or of ``stop_serving`` (24-26).
+            """
+            if self._serving:
+                super().finish_request(*args)
+                return
+            if _DROPS_POLLED_CONNECTIONS:
+                with self._lock:  # in a request thread: against the end of the linger
+                    self._finish_keeping(not self._lingered, args)
+                return
+            # 24-26: gunicorn's main thread, during its drain; the linger closes it.
+            # Only a finished keep-alive response (25-26 also return a "deferred" marker).
+            conn, fs = args
+            deadline = self._linger_until
+            keep = deadline is None or time.monotonic() < deadline
+            announced = not fs.cancelled() and fs.exception() is None and fs.result() is True
+            self._finish_keeping(keep and announced, args)
+            if keep and announced and deadline is not None and conn.timeout is not None:
+                conn.timeout = min(conn.timeout, deadline)
 
     def _finish_keeping(self, keep: bool, args: tuple[Any, ...]) -> None:
         self._finishing.keep = keep
