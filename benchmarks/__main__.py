@@ -119,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         help="interpreters for the middleware section "
         "(default: 3.10 to 3.13 found on PATH or under pyenv)",
     )
+    parser.add_argument(
+        "--keep-callgrind",
+        type=Path,
+        metavar="DIR",
+        help="keep the callgrind file of each window of the instructions section in DIR "
+        "(to compare with callgrind_annotate)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     sections = args.only or list(SECTIONS)
@@ -149,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                     plan.instruction_window,
                     plan.instruction_windows,
                     _progress,
+                    args.keep_callgrind.resolve() if args.keep_callgrind else None,
                 )
             else:
                 _progress("valgrind is not installed: no instructions per request in the worker")

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-WORKLOADS = ("bare", "wrapped", "flask-plain", "flask-graceful")
+WORKLOADS = ("bare", "wrapped", "flask-plain", "flask-passthrough", "flask-graceful")
 
 
 def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -73,6 +73,20 @@ def base_environ() -> dict[str, Any]:
     }
 
 
+class PassThrough:
+    """The least a WSGI middleware can be: a class whose ``__call__`` calls the app.
+
+    What any middleware costs before it does anything, for comparison.
+    """
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        """Call the app."""
+        return self.app(environ, start_response)
+
+
 def make_app(workload: str) -> WSGIApp:
     """The WSGI app of ``workload``."""
     if workload == "bare":
@@ -81,6 +95,12 @@ def make_app(workload: str) -> WSGIApp:
         from graceful_gunicorn.lifecycle import Lifecycle
 
         return Lifecycle().wrap(trivial_app)
+    if workload == "flask-passthrough":
+        from benchmarks.apps import flask_app
+
+        app = flask_app.create_app()
+        app.wsgi_app = PassThrough(app.wsgi_app)  # type: ignore[method-assign]
+        return app
     if workload in ("flask-plain", "flask-graceful"):
         from benchmarks.apps import flask_app
 

@@ -58,6 +58,8 @@ class MiddlewareResults:
     flask_python: str = ""
     flask_plain: list[float] = field(default_factory=list)
     flask_graceful: list[float] = field(default_factory=list)
+    #: The same app behind a middleware that only calls it.
+    flask_passthrough: list[float] = field(default_factory=list)
 
     def flask_added(self) -> Spread:
         """Instructions the package adds to a Flask hello-world request, per window."""
@@ -142,6 +144,9 @@ def run_middleware(
         results.flask_plain = per_request(sys.executable, "flask-plain", flask_counts, workdir)
         results.flask_graceful = per_request(
             sys.executable, "flask-graceful", flask_counts, workdir
+        )
+        results.flask_passthrough = per_request(
+            sys.executable, "flask-passthrough", flask_counts, workdir
         )
         progress(
             f"flask instructions plain {results.flask_plain} graceful {results.flask_graceful}"

@@ -91,9 +91,18 @@ def _dumps(workdir: Path, worker: int) -> set[Path]:
 
 
 def count_windows(
-    workdir: Path, worker_class: str, variant: str, window: int, windows: int
+    workdir: Path,
+    worker_class: str,
+    variant: str,
+    window: int,
+    windows: int,
+    keep_in: Path | None = None,
 ) -> list[float]:
-    """Start one server under callgrind; instructions per request of each window."""
+    """Start one server under callgrind; instructions per request of each window.
+
+    With ``keep_in``, each window's callgrind file is moved there (named
+    ``<class>-<variant>-<pid>.<window>``), for ``callgrind_annotate``.
+    """
     wrapper = [
         "valgrind",
         "--tool=callgrind",
@@ -125,6 +134,10 @@ def count_windows(
                 (dump,) = _dumps(workdir, worker) - seen
                 seen.add(dump)
                 estimates.append(read_total(dump) / (window + 1))
+                if keep_in is not None:
+                    keep_in.mkdir(parents=True, exist_ok=True)
+                    target = f"{worker_class}-{variant}-{worker}.{len(estimates)}"
+                    dump.rename(keep_in / target)
         finally:
             client.close()
     for path in workdir.glob("callgrind-*.out*"):
@@ -139,6 +152,7 @@ def run_worker_instructions(
     window: int,
     windows: int,
     progress: Progress,
+    keep_in: Path | None = None,
 ) -> WorkerInstructions:
     """Each worker class: ``rounds`` alternated pairs of servers, ``windows`` windows each."""
     results = WorkerInstructions(window=window, windows=windows, rounds=rounds)
@@ -146,7 +160,7 @@ def run_worker_instructions(
         for round_no in range(rounds):
             variants = ("plain", "graceful") if round_no % 2 == 0 else ("graceful", "plain")
             for variant in variants:
-                estimates = count_windows(workdir, worker_class, variant, window, windows)
+                estimates = count_windows(workdir, worker_class, variant, window, windows, keep_in)
                 results.runs.setdefault((worker_class, variant), []).extend(estimates)
                 progress(
                     f"instructions {worker_class:7} {variant:8} round {round_no}: "
