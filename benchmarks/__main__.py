@@ -126,7 +126,16 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the callgrind file of each window of the instructions section in DIR "
         "(to compare with callgrind_annotate)",
     )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        metavar="N",
+        help="concurrent clients in the instructions section (default 1: one request at a time)",
+    )
     args = parser.parse_args(argv)
+    if args.clients < 1:
+        parser.error(f"--clients must be at least 1, got {args.clients}")
     plan = QUICK if args.quick else FULL
     sections = args.only or list(SECTIONS)
     # A partial run never replaces the full report kept in the repository.
@@ -157,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                     plan.instruction_windows,
                     _progress,
                     args.keep_callgrind.resolve() if args.keep_callgrind else None,
+                    args.clients,
                 )
             else:
                 _progress("valgrind is not installed: no instructions per request in the worker")

@@ -258,9 +258,13 @@ class Report:
             "## 1b. Instructions per request in the worker\n",
             "The CPU cost that throughput is the inverse of, counted by callgrind "
             "instead of timed: a real gunicorn master and worker under "
-            "`valgrind --tool=callgrind --dump-before=getsid`, serving `/hello` to one "
-            "client, one request after the other (kept alive by gthread and gevent); "
-            f"windows of {w.window} requests, each closed by a `/mark` request whose "
+            "`valgrind --tool=callgrind --dump-before=getsid`, serving `/hello` to "
+            + (
+                "one client, one request after the other (kept alive by gthread and gevent); "
+                if w.clients == 1
+                else f"{w.clients} concurrent clients, each on its own connection; "
+            )
+            + f"windows of {w.window} requests, each closed by a `/mark` request whose "
             "`getsid()` makes the worker write its count "
             f"(`benchmarks/worker_instructions.py`). {w.rounds} rounds of a fresh plain "
             f"and a fresh graceful server, alternated, {w.windows} windows each. "
@@ -368,6 +372,19 @@ class Report:
             "gunicorn's gevent worker looks at its `alive` flag and at its pool once a "
             "second (`gevent.sleep(1.0)` in `GeventWorker.run`), in both variants."
         )
+        if s.teardown:
+            lines += [
+                "",
+                "What the teardown is: an interpreter that imported the benchmark app and "
+                "gunicorn's worker modules, from the end of its script to its exit "
+                "(milliseconds; alternated). Most of it is CPython's full garbage "
+                "collections at finalization; `gc.freeze()` skips them, and with them the "
+                "finalizers of objects in reference cycles (an unflushed file among them), "
+                "so graceful_gunicorn does not call it.\n",
+                "| as is | after `gc.freeze()` |",
+                "| --- | --- |",
+                f"| {_ms(s.teardown['as is'])} | {_ms(s.teardown['gc.freeze()'])} |",
+            ]
         return [*lines, ""]
 
     @staticmethod

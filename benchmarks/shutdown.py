@@ -12,6 +12,12 @@ Two scenarios, each with one worker and ``shutdown_delay`` 0, alternated:
 
 Exits are timed with a pidfd, which becomes readable the moment the process
 exits: no polling interval is added to the figures.
+
+And, to tell what the worker's exit spends after ``atexit``: the **teardown**
+of an interpreter that imported what a worker imports (the benchmark app, and
+gunicorn's worker modules), from the end of its script to its exit, as it is
+and with ``gc.freeze()`` first (which the package does not do; see
+``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ from __future__ import annotations
 import os
 import select
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .servers import Server, http_get
+from .servers import REPO, Server, http_get
 from .throughput import alternate
 
 HOLD_MS = 400
@@ -61,6 +69,34 @@ class ShutdownResults:
     #: The part of it before the interpreter's teardown (the worker's ``atexit``).
     last_request_to_atexit: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     busy_master_exit: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    #: Seconds from the end of a script that imports a worker's modules to its exit,
+    #: ``"as is"`` and ``"gc.freeze()"``.
+    teardown: dict[str, list[float]] = field(default_factory=dict)
+
+
+#: What a worker of the benchmark has imported, then the time the script ends.
+_TEARDOWN_SCRIPT = """\
+import benchmarks.apps.flask_app, gunicorn.arbiter, gunicorn.workers.sync
+import gunicorn.workers.gthread, sys, time
+{before_exit}
+sys.stdout.write(repr(time.monotonic()))
+sys.stdout.flush()
+"""
+
+
+def interpreter_teardown(freeze: bool) -> float:
+    """Seconds from the end of the script to the exit of its process."""
+    script = _TEARDOWN_SCRIPT.format(before_exit="import gc; gc.freeze()" if freeze else "")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_DIR": ""}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE)
+    try:
+        watch = ExitWatch(process.pid)
+        assert process.stdout is not None
+        ended = float(process.stdout.read())
+        return watch.wait() - ended
+    finally:
+        process.kill()
+        process.wait(TIMEOUT)
 
 
 def idle_stop(workdir: Path, worker_class: str, graceful: bool) -> float:
@@ -137,4 +173,9 @@ def run_shutdown(
                     f"{idle * 1000:6.0f} ms, last request to worker exit {last * 1000:6.1f} ms "
                     f"(to atexit {to_atexit * 1000:5.1f} ms)"
                 )
+    for round_no in range(rounds):
+        for variant in alternate(("as is", "gc.freeze()"), round_no):
+            teardown = interpreter_teardown(freeze=variant == "gc.freeze()")
+            results.teardown.setdefault(variant, []).append(teardown)
+            progress(f"teardown   {variant:11} round {round_no}: {teardown * 1000:5.1f} ms")
     return results

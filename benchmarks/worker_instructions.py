@@ -10,7 +10,8 @@ its worker (a fork) with it. Nothing in a worker calls ``getsid()`` but the
 benchmark app's ``/mark`` route, so each ``/mark`` writes the instructions the
 worker executed since the previous one. A window is ``window`` requests to
 ``/hello`` from one client, one after the other (kept alive where the worker
-class keeps connections alive), then ``/mark``: its count divided by
+class keeps connections alive; or shared by several concurrent clients), then
+``/mark``: its count divided by
 ``window + 1`` is what one request costs the worker, everything included:
 gunicorn's parsing and loop, Flask, and graceful_gunicorn. Each round starts
 a fresh plain and a fresh graceful server, in alternating order.
@@ -19,6 +20,7 @@ a fresh plain and a fresh graceful server, in alternating order.
 from __future__ import annotations
 
 import http.client
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,8 @@ from .stats import Spread
 WARMUP_REQUESTS = 100
 #: A worker under valgrind runs some 50 times slower.
 BOOT_TIMEOUT = 180.0
+#: The longest a window's requests may take (some 15 ms each under valgrind).
+CLIENT_TIMEOUT = 600.0
 
 Progress = Callable[[str], None]
 
@@ -42,6 +46,7 @@ class WorkerInstructions:
     window: int
     windows: int
     rounds: int
+    clients: int
     runs: dict[tuple[str, str], list[float]] = field(default_factory=dict)
 
     def spread(self, worker_class: str, variant: str) -> Spread:
@@ -86,6 +91,40 @@ class _Client:
             self._connection = None
 
 
+def _get_once(port: int, path: str) -> bytes:
+    client = _Client(port)
+    try:
+        return client.get(path)
+    finally:
+        client.close()
+
+
+def _send(port: int, requests: int, clients: int) -> None:
+    """``requests`` GETs of ``/hello``, shared by ``clients`` concurrent clients."""
+    errors: list[Exception] = []
+
+    def one_client(count: int) -> None:
+        client = _Client(port)
+        try:
+            for _ in range(count):
+                client.get("/hello")
+        except Exception as exc:  # noqa: BLE001 (re-raised in the caller's thread)
+            errors.append(exc)
+        finally:
+            client.close()
+
+    shares = [requests // clients + (i < requests % clients) for i in range(clients)]
+    threads = [threading.Thread(target=one_client, args=(n,)) for n in shares]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(CLIENT_TIMEOUT)
+    if errors:
+        raise errors[0]
+    if any(thread.is_alive() for thread in threads):
+        raise TimeoutError(f"{requests} requests took over {CLIENT_TIMEOUT}s")
+
+
 def _dumps(workdir: Path, worker: int) -> set[Path]:
     return set(workdir.glob(f"callgrind-{worker}.out.*"))
 
@@ -97,8 +136,11 @@ def count_windows(
     window: int,
     windows: int,
     keep_in: Path | None = None,
+    clients: int = 1,
 ) -> list[float]:
     """Start one server under callgrind; instructions per request of each window.
+
+    ``clients`` send a window's requests side by side, each on its own connection.
 
     With ``keep_in``, each window's callgrind file is moved there (named
     ``<class>-<variant>-<pid>.<window>``), for ``callgrind_annotate``.
@@ -120,26 +162,20 @@ def count_windows(
     estimates = []
     with server:
         server.wait_ready(BOOT_TIMEOUT)
-        client = _Client(server.port)
-        try:
-            worker = int(client.get("/pid"))
-            for _ in range(WARMUP_REQUESTS):
-                client.get("/hello")
-            client.get("/mark")
-            seen = _dumps(workdir, worker)
-            for _ in range(windows):
-                for _ in range(window):
-                    client.get("/hello")
-                client.get("/mark")  # the dump is written before it answers
-                (dump,) = _dumps(workdir, worker) - seen
-                seen.add(dump)
-                estimates.append(read_total(dump) / (window + 1))
-                if keep_in is not None:
-                    keep_in.mkdir(parents=True, exist_ok=True)
-                    target = f"{worker_class}-{variant}-{worker}.{len(estimates)}"
-                    dump.rename(keep_in / target)
-        finally:
-            client.close()
+        worker = int(_get_once(server.port, "/pid"))
+        _send(server.port, WARMUP_REQUESTS, clients)
+        _get_once(server.port, "/mark")
+        seen = _dumps(workdir, worker)
+        for _ in range(windows):
+            _send(server.port, window, clients)
+            _get_once(server.port, "/mark")  # the dump is written before it answers
+            (dump,) = _dumps(workdir, worker) - seen
+            seen.add(dump)
+            estimates.append(read_total(dump) / (window + 1))
+            if keep_in is not None:
+                keep_in.mkdir(parents=True, exist_ok=True)
+                target = f"{worker_class}-{variant}-{worker}.{len(estimates)}"
+                dump.rename(keep_in / target)
     for path in workdir.glob("callgrind-*.out*"):
         path.unlink()
     return estimates
@@ -153,9 +189,10 @@ def run_worker_instructions(
     windows: int,
     progress: Progress,
     keep_in: Path | None = None,
+    clients: int = 1,
 ) -> WorkerInstructions:
     """Each worker class: ``rounds`` alternated pairs of servers, ``windows`` windows each."""
-    results = WorkerInstructions(window=window, windows=windows, rounds=rounds)
+    results = WorkerInstructions(window=window, windows=windows, rounds=rounds, clients=clients)
     for worker_class in worker_classes:
         for round_no in range(rounds):
             variants = ("plain", "graceful") if round_no % 2 == 0 else ("graceful", "plain")

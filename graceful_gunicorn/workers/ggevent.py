@@ -22,18 +22,38 @@ from .base import GracefulWorkerMixin
 #: worker closes it: closing it just as the client sends would lose a request.
 IDLE_GRACE = 0.1
 
+_monotonic = time.monotonic  # on every request's path
+
 
 class _Connection:
-    """A client connection and whether its greenlet waits for a request on it."""
+    """A client connection, and whether its greenlet waits for a request on it.
 
-    __slots__ = ("sock", "waiting", "waiting_since", "waits")
+    Also the context gunicorn waits for each request of the connection in
+    (``timeout_ctx``): it wraps gunicorn's keep-alive timeout and marks the
+    connection as waiting meanwhile. One object per connection, none per request.
+    """
+
+    __slots__ = ("sock", "timeout", "waiting", "waiting_since", "waits")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.timeout: AbstractContextManager[Any] | None = None
         self.waiting = False
         self.waiting_since = 0.0
         #: How many requests it waited for; from the second on, it was kept alive.
         self.waits = 0
+
+    def __enter__(self) -> Any:
+        assert self.timeout is not None  # set by timeout_ctx
+        self.waits += 1
+        self.waiting = True
+        self.waiting_since = _monotonic()
+        return self.timeout.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> bool | None:
+        self.waiting = False
+        assert self.timeout is not None
+        return self.timeout.__exit__(*exc_info)
 
     @property
     def idle_kept_alive(self) -> bool:
@@ -106,7 +126,8 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
         connection = self._connections.get(gevent.getcurrent())
         if connection is None:
             return timeout
-        return _Waiting(connection, timeout)
+        connection.timeout = timeout
+        return connection
 
     def release_idle_connections(self) -> None:
         """Close the kept-alive connections on which no request is coming."""
@@ -121,31 +142,6 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
             if isinstance(obj, greenlet.greenlet) and obj.gr_frame is not None:
                 frames[id(obj)] = obj.gr_frame
         return frames
-
-
-class _Waiting:
-    """Marks a connection as waiting for its next request while gunicorn does.
-
-    A class, not a ``@contextmanager`` generator: it runs once per request and
-    costs half as much.
-    """
-
-    __slots__ = ("_connection", "_timeout")
-
-    def __init__(self, connection: _Connection, timeout: AbstractContextManager[Any]) -> None:
-        self._connection = connection
-        self._timeout = timeout
-
-    def __enter__(self) -> Any:
-        connection = self._connection
-        connection.waits += 1
-        connection.waiting = True
-        connection.waiting_since = time.monotonic()
-        return self._timeout.__enter__()
-
-    def __exit__(self, *exc_info: Any) -> bool | None:
-        self._connection.waiting = False
-        return self._timeout.__exit__(*exc_info)
 
 
 class _StopAwareGevent:
