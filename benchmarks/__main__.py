@@ -2,7 +2,7 @@
 
 Writes ``benchmarks/results.md`` (and the raw figures to ``results.json``).
 ``--quick`` is a short smoke run (a few minutes); the default full run takes
-about twenty minutes. ``--only`` picks sections (and writes ``results-<sections>.md``).
+about 23 minutes. ``--only`` picks sections (and writes ``results-<sections>.md``).
 """
 
 from __future__ import annotations

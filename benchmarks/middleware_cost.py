@@ -61,14 +61,17 @@ class MiddlewareResults:
     #: The same app behind a middleware that only calls it.
     flask_passthrough: list[float] = field(default_factory=list)
 
-    def flask_added(self) -> Spread:
-        """Instructions the package adds to a Flask hello-world request, per window."""
-        pairs = zip(self.flask_graceful, self.flask_plain, strict=True)
-        return Spread.of([g - p for g, p in pairs])
+    def flask_added(self, variant: list[float] | None = None) -> Spread:
+        """Instructions the package (or ``variant``'s wrapping) adds to a Flask
+        hello-world request, per window."""
+        pairs = zip(
+            self.flask_graceful if variant is None else variant, self.flask_plain, strict=True
+        )
+        return Spread.of([v - p for v, p in pairs])
 
-    def flask_added_fraction(self) -> float:
+    def flask_added_fraction(self, variant: list[float] | None = None) -> float:
         """Median instructions added, as a fraction of plain Flask's median."""
-        return self.flask_added().median / Spread.of(self.flask_plain).median
+        return self.flask_added(variant).median / Spread.of(self.flask_plain).median
 
 
 def find_pythons() -> list[str]:

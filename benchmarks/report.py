@@ -289,9 +289,8 @@ class Report:
     def _passthrough_added(m: MiddlewareResults) -> str:
         if not m.flask_passthrough:
             return "not measured"
-        pairs = zip(m.flask_passthrough, m.flask_plain, strict=True)
-        added = Spread.of([p - q for p, q in pairs])
-        return f"{added.format('{:.0f}')} = {added.median / Spread.of(m.flask_plain).median:.2%}"
+        added = m.flask_added(m.flask_passthrough)
+        return f"{added.format('{:.0f}')} = {m.flask_added_fraction(m.flask_passthrough):.2%}"
 
     def _middleware(self, m: MiddlewareResults) -> list[str]:
         lines = [

@@ -53,19 +53,20 @@ class ThroughputResults:
 
     def control_ratio(self, worker_class: str, route: str) -> Spread:
         """Throughput plain/plain (a second plain server, the control): the noise floor."""
-        return ratios(
-            [r.rps for r in self.runs[(worker_class, route, "control")]],
-            [r.rps for r in self.runs[(worker_class, route, "plain")]],
-        )
+        c, p = self._pair(worker_class, route, "control")
+        return ratios([r.rps for r in c], [r.rps for r in p])
 
     def p50_ratio(self, worker_class: str, route: str) -> Spread:
         """p50 latency graceful/plain over the rounds."""
         g, p = self._pair(worker_class, route)
         return ratios([r.p50_ms for r in g], [r.p50_ms for r in p])
 
-    def _pair(self, worker_class: str, route: str) -> tuple[list[LoadResult], list[LoadResult]]:
+    def _pair(
+        self, worker_class: str, route: str, variant: str = "graceful"
+    ) -> tuple[list[LoadResult], list[LoadResult]]:
+        """The runs of ``variant`` and of plain, round by round."""
         return (
-            self.runs[(worker_class, route, "graceful")],
+            self.runs[(worker_class, route, variant)],
             self.runs[(worker_class, route, "plain")],
         )
 
