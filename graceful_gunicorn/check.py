@@ -13,6 +13,7 @@ or a platform grace period (``--grace-period``, such as Kubernetes'
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,9 +22,16 @@ from typing import Any
 from gunicorn.app.base import Application
 from gunicorn.app.wsgiapp import WSGIApplication
 
+from .budget import ShutdownPlan, safety_margin
+from .context import Reason
 from .lifecycle import Lifecycle, find_lifecycle
-from .server_config import check_lifecycle_fits, graceful_worker_class, load_settings
-from .settings import Settings, SettingsError, safety_margin
+from .server_config import (
+    check_report_directory,
+    graceful_plans,
+    graceful_worker_class,
+    load_settings,
+)
+from .settings import Settings, SettingsError
 
 
 @dataclass(frozen=True)
@@ -32,8 +40,8 @@ class Timeline:
 
     graceful_timeout: float
     settings: Settings
-    #: Seconds the on_shutdown and after_shutdown callbacks keep (None: app unknown).
-    reserved: float | None
+    #: The plan of each graceful reason (None: the app is not known).
+    plans: dict[Reason, ShutdownPlan] | None
     grace_period: float | None = None
 
     @property
@@ -53,8 +61,9 @@ class Timeline:
 
     @property
     def drain_until(self) -> float:
-        """before_shutdown and the drain end here at the latest."""
-        return self.workers_done - (self.reserved or 0.0)
+        """before_shutdown and the drain of a terminate end here at the latest."""
+        drain = self.plans["terminate"].drain if self.plans else self.workers_done
+        return self.stop_begins + drain
 
     @property
     def master_deadline(self) -> float:
@@ -63,12 +72,9 @@ class Timeline:
 
     def problems(self) -> list[str]:
         """Why the plan cannot work (empty when it fits)."""
-        found = []
-        if self.reserved is not None and self.drain_until < self.stop_begins:
-            found.append(
-                f"the callbacks keep {self.reserved:g}s, more than graceful_timeout="
-                f"{self.graceful_timeout:g} leaves after the {self.margin:g}s safety margin"
-            )
+        # The first reason that does not fit, as the server reports it (check_lifecycle_fits).
+        plan_problems = (plan.problem() for plan in (self.plans or {}).values())
+        found = [problem for problem in plan_problems if problem][:1]
         if self.grace_period is not None and self.grace_period < self.master_deadline:
             found.append(
                 f"grace period {self.grace_period:g}s is shorter than shutdown_delay + "
@@ -81,8 +87,8 @@ class Timeline:
         """The timeline as text, one step a line."""
         s = self.settings
         callbacks = (
-            f"{self.reserved:g}s kept: the sum of their timeouts"
-            if self.reserved is not None
+            f"they keep {self.plans['terminate'].reserved:.2f}s"
+            if self.plans
             else "budget unknown: name the app to count its callbacks"
         )
         delay = f"; still serving for shutdown_delay={s.shutdown_delay:g}s"
@@ -98,10 +104,17 @@ class Timeline:
             spare = self.grace_period - self.master_deadline
             verdict = f"{spare:g}s to spare" if spare >= 0 else "TOO SHORT"
             lines.append(f"{self.grace_period:7.1f}s  platform grace period: {verdict}")
+        quick = min(s.quick_shutdown_timeout, self.graceful_timeout - self.margin)
         lines.append(
             f"quick stop (SIGINT/SIGQUIT) and worker timeout: on_shutdown and after_shutdown "
-            f"within quick_shutdown_timeout={s.quick_shutdown_timeout:g}s"
+            f"within {quick:g}s (quick_shutdown_timeout={s.quick_shutdown_timeout:g})"
         )
+        shown: list[str] = []
+        for reason, plan in (self.plans or {}).items():
+            described = plan.describe()
+            if described not in shown:  # a reason= filter makes the plans differ
+                shown.append(described)
+                lines.append(f"plan ({reason}): {described}")
         return lines
 
 
@@ -126,20 +139,24 @@ def _load_gunicorn(gunicorn_args: Sequence[str]) -> _ConfigOnly:
 def plan(gunicorn_args: Sequence[str], grace_period: float | None = None) -> Timeline:
     """The timeline of the server these gunicorn arguments would run.
 
-    Raises :class:`SettingsError` for a setting that stops gunicorn at start-up.
+    Raises :class:`SettingsError` for what stops gunicorn at start-up: the
+    same checks, in the same functions, as the master and the workers make.
     """
+    if grace_period is not None and not (math.isfinite(grace_period) and grace_period >= 0):
+        raise SettingsError(
+            f"--grace-period must be a number of seconds >= 0, got {grace_period!r}"
+        )
     application = _load_gunicorn(gunicorn_args)
     cfg: Any = application.cfg
     settings, _ = load_settings(cfg)
+    check_report_directory(settings)
     graceful_worker_class(cfg)
     graceful_timeout = float(cfg.graceful_timeout)
-    reserved = None
+    plans = None
     if application.app_uri is not None:
         lifecycle = find_lifecycle(application.wsgi()) or Lifecycle()
-        lifecycle.callback_timeout = settings.shutdown_callback_timeout
-        check_lifecycle_fits(lifecycle, settings, graceful_timeout)
-        reserved = max(lifecycle.reserve(r) for r in ("terminate", "reload", "recycle"))
-    return Timeline(graceful_timeout, settings, reserved, grace_period)
+        plans = {p.reason: p for p in graceful_plans(lifecycle, settings, graceful_timeout)}
+    return Timeline(graceful_timeout, settings, plans, grace_period)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -175,7 +175,6 @@ def _check_preloaded_app(server: Arbiter) -> None:
     if lifecycle is None:
         return
     settings = settings_in_force(server.cfg)
-    lifecycle.callback_timeout = settings.shutdown_callback_timeout
     try:
         check_lifecycle_fits(lifecycle, settings, float(server.cfg.graceful_timeout))
     except SettingsError as exc:

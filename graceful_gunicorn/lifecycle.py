@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, overload
 
+from .budget import ShutdownPlan, plan_shutdown
 from .callbacks import (
     CallbackT,
     Invoker,
@@ -46,6 +47,9 @@ logger = logging.getLogger("graceful_gunicorn")
 DRAIN_POLL_INTERVAL = 0.005
 
 DEFAULT_CALLBACK_TIMEOUT = 5.0
+
+#: The budget of a quick stop's callbacks when nothing else is said.
+DEFAULT_QUICK_TIMEOUT = 2.0
 
 
 def _call_directly(func: Callable[[], Any]) -> Any:
@@ -180,12 +184,22 @@ class Lifecycle:
             return registration.timeout
         return self.callback_timeout
 
-    def reserve(self, reason: Reason) -> float:
-        """Seconds the on_shutdown and after_shutdown callbacks of ``reason`` may take."""
-        return sum(
-            self.timeout_of(r)
-            for phase in ("on_shutdown", "after_shutdown")
-            for r in self.callbacks(phase, reason)
+    def plan(
+        self,
+        reason: Reason,
+        *,
+        graceful_timeout: float,
+        quick_timeout: float = DEFAULT_QUICK_TIMEOUT,
+        margin: float | None = None,
+    ) -> ShutdownPlan:
+        """The budget of a stop for ``reason`` (see :mod:`graceful_gunicorn.budget`)."""
+        return plan_shutdown(
+            self.callbacks("on_shutdown", reason) + self.callbacks("after_shutdown", reason),
+            default_timeout=self.callback_timeout,
+            reason=reason,
+            graceful_timeout=graceful_timeout,
+            quick_timeout=quick_timeout,
+            margin=margin,
         )
 
     # -- requests -----------------------------------------------------------------
@@ -218,16 +232,21 @@ class Lifecycle:
         deadline: float,
         heartbeat: Callable[[], None] = _no_heartbeat,
         log: Log = logger,
+        plan: ShutdownPlan | None = None,
     ) -> ShutdownSequence:
         """Start the shutdown (once): later calls return the same sequence.
 
         ``deadline`` is the :func:`time.monotonic` time by which everything
-        must be over.
+        must be over; ``plan`` says what the callbacks keep before it (by
+        default planned for the time left, with no safety margin).
         """
         if reason not in REASONS:
             raise ValueError(f"reason must be one of {sorted(REASONS)}, got {reason!r}")
         if self._sequence is None:
-            self._sequence = ShutdownSequence(self, reason, deadline, heartbeat, log)
+            if plan is None:
+                left = max(0.0, deadline - time.monotonic())
+                plan = self.plan(reason, graceful_timeout=left, quick_timeout=left, margin=0.0)
+            self._sequence = ShutdownSequence(self, reason, deadline, heartbeat, log, plan)
             self.readiness.stopping = True  # responses close their connections from now on
         return self._sequence
 
@@ -236,6 +255,7 @@ class Lifecycle:
         reason: Reason = "terminate",
         *,
         timeout: float = 30.0,
+        quick_timeout: float = DEFAULT_QUICK_TIMEOUT,
         heartbeat: Callable[[], None] = _no_heartbeat,
         log: Log = logger,
     ) -> ShutdownReport:
@@ -243,11 +263,19 @@ class Lifecycle:
 
         For servers without a graceful worker (the development server) and for
         tests: ``before_shutdown``, the drain, ``on_shutdown``, ``after_shutdown``,
-        all within ``timeout`` seconds. A quick reason skips the first two.
+        planned as a gunicorn worker plans them: ``timeout`` is its
+        ``graceful_timeout``, less the same safety margin. A quick reason skips
+        the first two and runs the callbacks within ``quick_timeout``.
         """
         check_timeout(timeout, "timeout")
+        check_timeout(quick_timeout, "quick_timeout")
+        plan = self.plan(reason, graceful_timeout=timeout, quick_timeout=quick_timeout)
         sequence = self.begin_shutdown(
-            reason, deadline=time.monotonic() + timeout, heartbeat=heartbeat, log=log
+            reason,
+            deadline=time.monotonic() + plan.budget,
+            heartbeat=heartbeat,
+            log=log,
+            plan=plan,
         )
         return sequence.run_all()
 
@@ -275,14 +303,17 @@ class ShutdownSequence:
         deadline: float,
         heartbeat: Callable[[], None],
         log: Log,
+        plan: ShutdownPlan,
     ) -> None:
         self.lifecycle = lifecycle
         self.reason: Reason = reason
         self.started = time.monotonic()
         #: Everything must be over by then.
         self.deadline = deadline
+        #: The budget this stop was planned with.
+        self.plan = plan
         #: The callbacks of phases 2 and 3 keep this much time for themselves.
-        self.reserved = min(lifecycle.reserve(reason), max(0.0, deadline - self.started))
+        self.reserved = min(plan.reserved, max(0.0, deadline - self.started))
         #: The end of phase 1 and of the drain.
         self.drain_deadline = deadline - self.reserved
         self.heartbeat = heartbeat
@@ -335,7 +366,8 @@ class ShutdownSequence:
                 results.append(CallbackResult(registration.name, phase, "skipped", 0.0))
                 continue
             now = time.monotonic()
-            until = phase_end()
+            callback_end = self._callback_end(phase, registration, phase_end)
+            until = callback_end()
             if now >= until:
                 self.log.error(
                     "graceful_gunicorn: %s callback %s skipped: no time left",
@@ -357,7 +389,7 @@ class ShutdownSequence:
                     self.lifecycle._invoke,
                     self.log,
                     self.heartbeat,
-                    cut_at=phase_end,
+                    cut_at=callback_end,
                 )
             )
         duration = time.monotonic() - started
@@ -365,6 +397,23 @@ class ShutdownSequence:
         self.report.phases.append(PhaseResult(phase, duration, skipped=skip_phase))
         self._log_phase(phase, results, duration, skip_phase)
         return results
+
+    def _callback_end(
+        self, phase: Phase, registration: Registration, phase_end: Callable[[], float]
+    ) -> Callable[[], float]:
+        """When ``registration`` must end: in time for what the callbacks after it keep.
+
+        A quick stop keeps nothing for later callbacks (an escalation drops
+        the reservations on the spot).
+        """
+        if phase == "before_shutdown":
+            return phase_end
+        keep = self.plan.keep_after(registration)
+
+        def end() -> float:
+            return phase_end() if self.quick else min(phase_end(), self.deadline - keep)
+
+        return end
 
     def _log_phase(
         self, phase: Phase, results: list[CallbackResult], duration: float, skipped: bool

@@ -1,6 +1,7 @@
 """State the gunicorn master shares with its workers, in memory mapped before the fork.
 
-The master writes, its workers read: whether the server is going away (so
+The master writes, its workers read (but for one byte that a worker writes
+once it booted): whether the server is going away (so
 that every worker answers the readiness path with 503 at once, also during
 ``shutdown_delay``), why the master is stopping and when its graceful stop
 began (so that a worker knows its real deadline), and a generation number that
@@ -21,6 +22,8 @@ STOP_QUICK = 2
 # going away (uint8, first so that one byte read answers it), stop kind (uint8),
 # padding, generation (uint64), stop time (double, monotonic)
 _LAYOUT = struct.Struct("<BB6xQd")
+# One byte after it, written by the workers: one of them has booted and served.
+_BOOTED = _LAYOUT.size
 
 
 class MasterState:
@@ -28,7 +31,7 @@ class MasterState:
 
     def __init__(self) -> None:
         # Anonymous and MAP_SHARED: the forked workers see the master's writes.
-        self._map = mmap.mmap(-1, _LAYOUT.size)
+        self._map = mmap.mmap(-1, _LAYOUT.size + 1)
 
     def _read(self) -> tuple[int, int, float]:
         _, kind, generation, stop_at = _LAYOUT.unpack_from(self._map, 0)
@@ -61,6 +64,15 @@ class MasterState:
     def generation(self) -> int:
         """How many times the master reloaded (``SIGHUP``)."""
         return self._read()[1]
+
+    @property
+    def worker_booted(self) -> bool:
+        """Whether a worker of this master has booted: the server has served."""
+        return self._map[_BOOTED] != 0
+
+    def mark_worker_booted(self) -> None:
+        """Record, from a worker, that it booted (its app loaded and checked)."""
+        self._map[_BOOTED] = 1
 
     def begin_stop(self, kind: int, at: float) -> None:
         """Record that the master's stop begins now (the first stop wins its time)."""

@@ -15,8 +15,9 @@ from typing import Any
 
 from gunicorn.config import Config
 
+from .budget import GRACEFUL_REASONS, ShutdownPlan
 from .lifecycle import Lifecycle
-from .settings import Settings, SettingsError, safety_margin
+from .settings import Settings, SettingsError
 
 #: gunicorn's stock worker classes and the graceful subclass that replaces each.
 GRACEFUL_WORKERS = {
@@ -97,16 +98,31 @@ def graceful_worker_class(cfg: Config) -> str | None:
     )
 
 
-def check_lifecycle_fits(lifecycle: Lifecycle, settings: Settings, graceful_timeout: float) -> None:
-    """Raise :class:`SettingsError` if the app's callbacks cannot all fit in the budget."""
-    available = graceful_timeout - safety_margin(graceful_timeout)
-    worst = max(lifecycle.reserve(reason) for reason in ("terminate", "reload", "recycle"))
-    if worst > available:
-        raise SettingsError(
-            f"the on_shutdown and after_shutdown callbacks may take {worst:g} seconds, more than "
-            f"graceful_timeout={graceful_timeout:g} leaves ({available:g} after the safety "
-            "margin): raise graceful_timeout or lower the callbacks' timeouts"
+def graceful_plans(
+    lifecycle: Lifecycle, settings: Settings, graceful_timeout: float
+) -> list[ShutdownPlan]:
+    """The plan of a terminate, a reload and a recycle of a worker serving ``lifecycle``.
+
+    Gives the lifecycle its default callback timeout first: the setting
+    when it was set, else the lifecycle's own.
+    """
+    lifecycle.callback_timeout = settings.default_callback_timeout(lifecycle.callback_timeout)
+    return [
+        lifecycle.plan(
+            reason,
+            graceful_timeout=graceful_timeout,
+            quick_timeout=settings.quick_shutdown_timeout,
         )
+        for reason in GRACEFUL_REASONS
+    ]
+
+
+def check_lifecycle_fits(lifecycle: Lifecycle, settings: Settings, graceful_timeout: float) -> None:
+    """Raise :class:`SettingsError` if the app's explicit timeouts cannot fit in the budget."""
+    for plan in graceful_plans(lifecycle, settings, graceful_timeout):
+        problem = plan.problem()
+        if problem is not None:
+            raise SettingsError(problem)
 
 
 def check_report_directory(settings: Settings) -> None:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from .budget import safety_margin
 
 ENV_PREFIX = "GRACEFUL_"
 
@@ -43,11 +45,13 @@ class Settings:
     quick_shutdown_timeout: float = 2.0
     #: File the master writes the JSON shutdown report to (it is always logged too).
     shutdown_report_path: str | None = None
+    #: The names that were set (in the config or the environment), not defaulted.
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
     def names(cls) -> list[str]:
         """The setting names, as written in a config file."""
-        return [f.name for f in fields(cls)]
+        return [f.name for f in fields(cls) if f.name != "given"]
 
     @classmethod
     def load(
@@ -71,28 +75,30 @@ class Settings:
             for key in sorted(environ)
             if key.startswith(ENV_PREFIX) and key not in known
         ]
-        return cls(**values), warnings
+        return cls(**values, given=frozenset(values)), warnings
+
+    def default_callback_timeout(self, own: float) -> float:
+        """The timeout of a callback registered without ``timeout=``.
+
+        ``shutdown_callback_timeout`` when it was set, else ``own``: the
+        lifecycle's ``callback_timeout`` (``Lifecycle(callback_timeout=8)``).
+        """
+        return self.shutdown_callback_timeout if "shutdown_callback_timeout" in self.given else own
 
     def check_budget(self, graceful_timeout: float, where: str = "graceful_timeout") -> None:
-        """Raise :class:`SettingsError` if the callbacks cannot fit in ``graceful_timeout``."""
+        """Raise :class:`SettingsError` if a quick stop's budget, as set, cannot fit.
+
+        Callbacks without ``timeout=`` share the budget (SPEC section 5), so
+        ``shutdown_callback_timeout`` always fits; an unset
+        ``quick_shutdown_timeout`` shrinks to what ``graceful_timeout`` leaves.
+        """
         available = graceful_timeout - safety_margin(graceful_timeout)
-        if self.shutdown_callback_timeout > available:
-            raise SettingsError(
-                f"shutdown_callback_timeout={self.shutdown_callback_timeout:g} does not fit in "
-                f"{where}={graceful_timeout:g}: it must be at most {available:g} seconds "
-                f"(raise {where} or lower shutdown_callback_timeout)"
-            )
-        if self.quick_shutdown_timeout > available:
+        if "quick_shutdown_timeout" in self.given and self.quick_shutdown_timeout > available:
             raise SettingsError(
                 f"quick_shutdown_timeout={self.quick_shutdown_timeout:g} does not fit in "
                 f"{where}={graceful_timeout:g}: it must be at most {available:g} seconds "
                 f"(raise {where} or lower quick_shutdown_timeout)"
             )
-
-
-def safety_margin(graceful_timeout: float) -> float:
-    """Seconds kept free before gunicorn's SIGKILL: 10% of the budget, at most 1 s."""
-    return min(1.0, 0.1 * graceful_timeout)
 
 
 def _parse(name: str, raw: Any, source: str) -> Any:

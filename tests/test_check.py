@@ -30,9 +30,12 @@ def test_a_plan_that_fits_prints_the_timeline_and_exits_0() -> None:
     lines = [line.strip() for line in result.stdout.splitlines()]
     assert "0.0s  SIGTERM: readiness answers 503; still serving for shutdown_delay=10s" in lines
     assert any(line.startswith("10.0s  graceful stop") for line in lines)
-    # example_app: on_shutdown(timeout=10) + after_shutdown (5 s default) = 15 s kept
+    # example_app: on_shutdown(timeout=10) keeps 10 s; after_shutdown (no timeout=) gets what
+    # is left of half the 29 s budget, 4.5 s of its 5 s default: the drain keeps 14.5 s
+    assert "24.5s  drain deadline: on_shutdown, after_shutdown (they keep 14.50s)" in lines
     assert (
-        "24.0s  drain deadline: on_shutdown, after_shutdown (15s kept: the sum of their timeouts)"
+        "plan (terminate): budget 29.00s (graceful_timeout=30, margin 1s): drain until 14.50s; "
+        "callbacks keep 14.50s: 1 with timeout= 10.00s, 1 without 4.50s each"
     ) in lines
     assert (
         "40.0s  master's deadline (graceful_timeout=30s): workers still alive are killed" in lines
@@ -50,10 +53,30 @@ def test_a_grace_period_too_short_exits_1() -> None:
     )
 
 
-def test_callbacks_longer_than_graceful_timeout_exit_1() -> None:
-    result = check(*CONFIG, "--graceful-timeout", "12")
+def test_explicit_timeouts_longer_than_the_budget_exit_1() -> None:
+    """The example app's on_shutdown(timeout=10) fits in 12 s (11 s after the margin), not in 10."""
+    fits = check(*CONFIG, "--graceful-timeout", "12")
+    assert fits.returncode == 0, fits.stderr
+    # the callback without timeout= keeps nothing: 10 s are more than half of 11 s
+    assert "drain until 1.00s; callbacks keep 10.00s: 1 with timeout= 10.00s, 1 without 0.00s" in (
+        fits.stdout
+    )
+    result = check(*CONFIG, "--graceful-timeout", "10")
     assert result.returncode == 1
-    assert "the on_shutdown and after_shutdown callbacks may take 15 seconds" in result.stderr
+    assert (
+        "the timeout= of the on_shutdown and after_shutdown callbacks add up to 10s (reason "
+        "terminate), more than the 9s that graceful_timeout=10 leaves after its 1s safety "
+        "margin: raise graceful_timeout or lower those timeouts"
+    ) in result.stderr
+
+
+def test_a_bad_grace_period_exits_1_naming_it() -> None:
+    for value in ("nan", "inf", "-1"):
+        result = check(*CONFIG, "--grace-period", value)
+        assert result.returncode == 1, value
+        assert f"--grace-period must be a number of seconds >= 0, got {float(value)!r}" in (
+            result.stderr
+        )
 
 
 def test_a_bad_setting_exits_1_naming_it() -> None:

@@ -81,7 +81,7 @@ def assert_worker_log_lines(log: str, reason: str, signal_name: str) -> None:
                 "INFO",
                 rf"shutdown started \(reason {reason}, signal {signal_name}, pid {pid}\): "
                 r"[\d.]+s left, \d+ request\(s\) in flight, drain until [\d.]+s, "
-                r"[\d.]+s kept for callbacks$",
+                r"[\d.]+s kept for callbacks; plan: budget [\d.]+s .*$",
             ),
             ("INFO", r"before_shutdown done in [\d.]+s: 1 ok, 0 failed, 0 timed out, 0 skipped$"),
             ("INFO", r"drain done in [\d.]+s: 0 request\(s\) completed$"),

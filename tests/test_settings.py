@@ -162,32 +162,30 @@ def test_readiness_path_rejects_anything_else(path: Any) -> None:
 
 
 def test_budget_that_fits() -> None:
-    """Timeouts up to graceful_timeout minus the safety margin pass the check."""
+    """A default that cannot fit is not an error: callbacks without timeout= share the budget."""
     Settings().check_budget(30)
+    Settings().check_budget(1)  # the unset quick_shutdown_timeout (2 s) shrinks to 0.9 s
     # 30 s keep a 1 s margin; 5 s keep 10%.
-    Settings(shutdown_callback_timeout=29, quick_shutdown_timeout=29).check_budget(30)
-    Settings(shutdown_callback_timeout=4.5, quick_shutdown_timeout=4.5).check_budget(5)
+    given = frozenset({"shutdown_callback_timeout", "quick_shutdown_timeout"})
+    Settings(shutdown_callback_timeout=300, quick_shutdown_timeout=29, given=given).check_budget(30)
+    Settings(quick_shutdown_timeout=4.5, given=given).check_budget(5)
+
+
+def loaded(**values: str) -> Settings:
+    """Settings as the server loads them, given through the environment."""
+    environ = {"GRACEFUL_" + name.upper(): value for name, value in values.items()}
+    return Settings.load({}, environ)[0]
 
 
 @pytest.mark.parametrize(
     ("settings", "graceful_timeout", "named"),
     [
-        (Settings(shutdown_callback_timeout=29.5), 30, "shutdown_callback_timeout=29.5"),
-        (Settings(), 5, "shutdown_callback_timeout=5"),
-        (
-            Settings(shutdown_callback_timeout=1, quick_shutdown_timeout=29.5),
-            30,
-            "quick_shutdown_timeout=29.5",
-        ),
-        (
-            Settings(shutdown_callback_timeout=1, quick_shutdown_timeout=2),
-            2,
-            "quick_shutdown_timeout=2",
-        ),
+        (loaded(quick_shutdown_timeout="29.5"), 30, "quick_shutdown_timeout=29.5"),
+        (loaded(quick_shutdown_timeout="2"), 2, "quick_shutdown_timeout=2"),
     ],
 )
 def test_budget_that_does_not_fit(settings: Settings, graceful_timeout: float, named: str) -> None:
-    """A timeout larger than graceful_timeout minus the margin is refused, naming the setting."""
+    """A quick budget, as set, larger than graceful_timeout minus the margin is refused."""
     with pytest.raises(SettingsError) as error:
         settings.check_budget(graceful_timeout)
 
@@ -201,4 +199,11 @@ def test_budget_message_uses_the_given_name() -> None:
     with pytest.raises(
         SettingsError, match=r"in --graceful-timeout=3: it must be at most 2\.7 seconds"
     ):
-        Settings(shutdown_callback_timeout=3).check_budget(3, where="--graceful-timeout")
+        loaded(quick_shutdown_timeout="3").check_budget(3, where="--graceful-timeout")
+
+
+def test_the_lifecycle_keeps_its_own_callback_timeout_unless_the_setting_is_given() -> None:
+    """Lifecycle(callback_timeout=8) is not replaced by the 5 s default."""
+    assert Settings.load({}, {})[0].default_callback_timeout(8.0) == 8.0
+    assert loaded(shutdown_callback_timeout="3").default_callback_timeout(8.0) == 3.0
+    assert Settings.load({"shutdown_callback_timeout": 5}, {})[0].default_callback_timeout(8) == 5

@@ -26,9 +26,8 @@ GRACEFUL = ["-c", "python:graceful_gunicorn.conf"]
         ),
         (
             ["--graceful-timeout", "3"],
-            {"GRACEFUL_SHUTDOWN_CALLBACK_TIMEOUT": "5"},
-            "Error: graceful_gunicorn: shutdown_callback_timeout=5 does not fit in "
-            "graceful_timeout=3",
+            {"GRACEFUL_QUICK_SHUTDOWN_TIMEOUT": "5"},
+            "Error: graceful_gunicorn: quick_shutdown_timeout=5 does not fit in graceful_timeout=3",
         ),
         (
             [],
@@ -43,10 +42,11 @@ GRACEFUL = ["-c", "python:graceful_gunicorn.conf"]
         (
             ["--preload", "--graceful-timeout", "12"],
             {"MISBEHAVE": "hang_quick"},
-            "Error: graceful_gunicorn: the on_shutdown and after_shutdown callbacks may take 16",
+            "Error: graceful_gunicorn: the timeout= of the on_shutdown and after_shutdown "
+            "callbacks add up to 16s (reason terminate)",
         ),
     ],
-    ids=["non-numeric", "callbacks-exceed-budget", "negative", "unknown-worker", "preload-budget"],
+    ids=["non-numeric", "quick-exceeds-budget", "negative", "unknown-worker", "preload-budget"],
 )
 def test_bad_configuration_fails_before_any_worker_is_forked(
     gunicorn: Callable[..., Gunicorn], args: list[str], env: dict[str, str], message: str

@@ -22,6 +22,8 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
+from gunicorn.arbiter import Arbiter
+
 from .. import master_state
 from ..context import PHASES
 from ..lifecycle import Lifecycle, find_lifecycle
@@ -84,13 +86,24 @@ class GracefulWorkerMixin(_Base):
             lifecycle = Lifecycle()
             self.wsgi = cast(Any, lifecycle.wrap(cast(Any, self.wsgi)))
         settings = settings_in_force(self.cfg)
-        lifecycle.callback_timeout = settings.shutdown_callback_timeout
+        state = master_state.current()
         try:
             check_lifecycle_fits(lifecycle, settings, float(self.cfg.graceful_timeout))
         except SettingsError as exc:
-            self.log.error("graceful_gunicorn: %s", exc)
+            if state is None or not state.worker_booted:
+                # Before anything was served: stop the server, as an import error does
+                # (the master halts on a worker's WORKER_BOOT_ERROR, arbiter.py reap_workers).
+                self.log.error("graceful_gunicorn: %s", exc)
+                sys.exit(Arbiter.WORKER_BOOT_ERROR)
+            # A reload or a recycle brought it: never take a serving server down.
+            self.log.error(
+                "graceful_gunicorn: %s; this worker serves anyway (the server is already "
+                "serving) and its explicit timeouts are cut in proportion",
+                exc,
+            )
+        if state is not None:
+            state.mark_worker_booted()
         lifecycle.readiness.path = settings.readiness_path
-        state = master_state.current()
         if state is not None:
             lifecycle.readiness.server_flag = state.flag
             lifecycle.readiness.standalone = False

@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Protocol
 import gunicorn
 
 from .. import master_state, worker_reports
+from ..budget import ShutdownPlan, safety_margin
 from ..context import QUICK_REASONS, Reason
 from ..lifecycle import Lifecycle, ShutdownSequence
-from ..settings import Settings, safety_margin
+from ..settings import Settings
 
 if TYPE_CHECKING:
     from gunicorn.glogging import Logger
@@ -245,23 +246,31 @@ class WorkerShutdown:
             os.getpid(),
         )
 
-    def _deadline(self, reason: Reason) -> float:
+    def _deadline(self, plan: ShutdownPlan) -> float:
         state = master_state.current()
-        margin = safety_margin(self.graceful_timeout)
         started = self.requested_at
         if state is not None and state.stop_kind != master_state.STOP_NONE and state.stop_at:
             started = min(started, state.stop_at)  # the master's clock runs from its signal
-        master_deadline = started + self.graceful_timeout - margin
-        if reason in QUICK_REASONS:
+        master_deadline = started + self.graceful_timeout - plan.margin
+        if plan.quick:
             # counted from now: the app may have been loading since the signal
-            return min(time.monotonic() + self.settings.quick_shutdown_timeout, master_deadline)
+            return min(time.monotonic() + plan.budget, master_deadline)
         return master_deadline
 
     def _run(self, reason: Reason) -> None:
         lifecycle = self.lifecycle or Lifecycle()
         log = self.worker.log
+        plan = lifecycle.plan(
+            reason,
+            graceful_timeout=self.graceful_timeout,
+            quick_timeout=self.settings.quick_shutdown_timeout,
+        )
         sequence = lifecycle.begin_shutdown(
-            reason, deadline=self._deadline(reason), heartbeat=self.worker.notify, log=log
+            reason,
+            deadline=self._deadline(plan),
+            heartbeat=self.worker.notify,
+            log=log,
+            plan=plan,
         )
         self.sequence = sequence
         if self.requested in QUICK_REASONS and not sequence.quick:
@@ -271,7 +280,7 @@ class WorkerShutdown:
             log.info(
                 "graceful_gunicorn: shutdown started (reason %s, signal %s, pid %s): "
                 "%.2fs left, %d request(s) in flight, drain until %.2fs, "
-                "%.2fs kept for callbacks",
+                "%.2fs kept for callbacks; plan: %s",
                 reason,
                 self.signal_name or "none",
                 os.getpid(),
@@ -279,6 +288,7 @@ class WorkerShutdown:
                 lifecycle.in_flight,
                 max(0.0, sequence.drain_deadline - time.monotonic()),
                 sequence.reserved,
+                plan.describe(),
             )
             if reason == "abort":
                 self._log_requests_with_stacks()

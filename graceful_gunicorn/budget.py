@@ -1,0 +1,173 @@
+"""The budget of one stop: when the drain ends and what each callback keeps.
+
+One function, :func:`plan_shutdown`, makes the plan from gunicorn's
+``graceful_timeout`` and the app's callbacks (SPEC section 5); the workers,
+the master's ``--preload`` check, ``python -m graceful_gunicorn check``,
+``flask run`` and :func:`graceful_gunicorn.testing.run_shutdown` all use it::
+
+    graceful_timeout T ─ margin (10% of T, at most 1 s) = budget B
+    B = before_shutdown + drain │ on_shutdown + after_shutdown
+                                ^ drain deadline = B - E - shared
+
+- callbacks with an explicit ``timeout=`` keep it in full (E, their sum);
+- callbacks without one share what is left of half of B after E, each up to
+  its default, so they never push the drain deadline below half of B;
+- while callbacks run, each one ends before what the callbacks after it
+  keep, so a callback that overruns never eats a later one's time.
+
+A quick stop (``SIGINT``/``SIGQUIT``) or an abort has no drain to protect:
+its callbacks run one after the other within ``quick_shutdown_timeout``,
+each with the smaller of its timeout and what is left. This module imports
+neither Flask nor gunicorn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .callbacks import Registration
+from .context import QUICK_REASONS, Reason
+
+#: The reasons of a graceful stop: before_shutdown and the drain run first.
+GRACEFUL_REASONS: tuple[Reason, ...] = ("terminate", "reload", "recycle")
+
+
+def safety_margin(graceful_timeout: float) -> float:
+    """Seconds kept free before gunicorn's SIGKILL: 10% of the budget, at most 1 s."""
+    return min(1.0, 0.1 * graceful_timeout)
+
+
+@dataclass(frozen=True)
+class PlannedCallback:
+    """One on_shutdown or after_shutdown callback, as the plan sees it."""
+
+    registration: Registration
+    #: Its own ``timeout=``, else the default.
+    timeout: float
+    #: Seconds reserved for it before the deadline.
+    keeps: float
+
+    @property
+    def explicit(self) -> bool:
+        """Whether it was registered with ``timeout=``."""
+        return self.registration.timeout is not None
+
+
+@dataclass(frozen=True)
+class ShutdownPlan:
+    """The budget of one stop, in seconds from the start of the graceful stop."""
+
+    reason: Reason
+    #: gunicorn's ``graceful_timeout``: the master SIGKILLs after it.
+    graceful_timeout: float
+    #: Kept free before the master's SIGKILL.
+    margin: float
+    #: What the stop may use: everything is over by then.
+    budget: float
+    #: The on_shutdown and after_shutdown callbacks of this reason, in the order they run.
+    callbacks: tuple[PlannedCallback, ...]
+
+    @property
+    def quick(self) -> bool:
+        """A quick stop or abort: no before_shutdown, no drain, no reservations."""
+        return self.reason in QUICK_REASONS
+
+    @property
+    def explicit(self) -> float:
+        """E: the sum of the explicit timeouts."""
+        return sum(c.timeout for c in self.callbacks if c.explicit)
+
+    @property
+    def reserved(self) -> float:
+        """What the callbacks keep together before the deadline."""
+        return sum(c.keeps for c in self.callbacks)
+
+    @property
+    def drain(self) -> float:
+        """The drain deadline (before_shutdown ends by then too)."""
+        return 0.0 if self.quick else max(0.0, self.budget - self.reserved)
+
+    @property
+    def fits(self) -> bool:
+        """Whether every explicit timeout is kept in full."""
+        return self.quick or self.explicit <= self.budget
+
+    def keep_after(self, registration: Registration) -> float:
+        """What the callbacks that run after ``registration`` keep."""
+        later = 0.0
+        for planned in reversed(self.callbacks):
+            if planned.registration is registration:
+                return later
+            later += planned.keeps
+        return 0.0
+
+    def problem(self) -> str | None:
+        """Why the plan cannot work, in one line naming the fix; ``None`` when it fits."""
+        if self.fits:
+            return None
+        return (
+            f"the timeout= of the on_shutdown and after_shutdown callbacks add up to "
+            f"{self.explicit:g}s (reason {self.reason}), more than the {self.budget:g}s that "
+            f"graceful_timeout={self.graceful_timeout:g} leaves after its {self.margin:g}s "
+            "safety margin: raise graceful_timeout or lower those timeouts"
+        )
+
+    def describe(self) -> str:
+        """The plan in one line, as the worker logs it and ``check`` prints it."""
+        if self.quick:
+            return (
+                f"{self.budget:.2f}s for {len(self.callbacks)} callback(s), no drain "
+                f"(graceful_timeout={self.graceful_timeout:g}, margin {self.margin:g}s)"
+            )
+        explicit = [c for c in self.callbacks if c.explicit]
+        implicit = [c for c in self.callbacks if not c.explicit]
+        shares = ", ".join(sorted({f"{c.keeps:.2f}s" for c in implicit})) or "-"
+        return (
+            f"budget {self.budget:.2f}s (graceful_timeout={self.graceful_timeout:g}, margin "
+            f"{self.margin:g}s): drain until {self.drain:.2f}s; callbacks keep "
+            f"{self.reserved:.2f}s: {len(explicit)} with timeout= {self.explicit:.2f}s, "
+            f"{len(implicit)} without {shares} each" + ("" if self.fits else "; DOES NOT FIT")
+        )
+
+
+def plan_shutdown(
+    callbacks: Sequence[Registration],
+    *,
+    default_timeout: float,
+    reason: Reason,
+    graceful_timeout: float,
+    quick_timeout: float,
+    margin: float | None = None,
+) -> ShutdownPlan:
+    """Plan a stop for ``reason``; ``callbacks`` are its on_shutdown and after_shutdown
+    callbacks in the order they run.
+
+    ``margin`` defaults to :func:`safety_margin` of ``graceful_timeout`` (0 for
+    an in-process shutdown that no master will kill). Never raises: a plan
+    whose explicit timeouts do not fit keeps them in proportion, and says so
+    in :meth:`ShutdownPlan.problem`.
+    """
+    margin = safety_margin(graceful_timeout) if margin is None else margin
+    available = max(0.0, graceful_timeout - margin)
+
+    def timeout_of(registration: Registration) -> float:
+        return default_timeout if registration.timeout is None else registration.timeout
+
+    if reason in QUICK_REASONS:
+        quick = tuple(PlannedCallback(r, timeout_of(r), 0.0) for r in callbacks)
+        return ShutdownPlan(reason, graceful_timeout, margin, min(quick_timeout, available), quick)
+    explicit = sum(r.timeout for r in callbacks if r.timeout is not None)
+    implicit = sum(1 for r in callbacks if r.timeout is None)
+    # Explicit timeouts come first; if they cannot all fit, in proportion.
+    scale = 1.0 if explicit <= available else available / explicit
+    pool = max(0.0, available / 2 - explicit)
+    share = min(default_timeout, pool / implicit) if implicit else 0.0
+    planned = tuple(
+        PlannedCallback(r, timeout_of(r), share if r.timeout is None else r.timeout * scale)
+        for r in callbacks
+    )
+    return ShutdownPlan(reason, graceful_timeout, margin, available, planned)
+
+
+__all__ = ["GRACEFUL_REASONS", "PlannedCallback", "ShutdownPlan", "plan_shutdown", "safety_margin"]
