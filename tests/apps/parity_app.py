@@ -1,0 +1,107 @@
+"""The app of the parity tests (tests/parity.py): an ordinary Flask app with
+six shutdown callbacks and none of them given a ``timeout=``.
+
+Plain gunicorn loads this same module; there the callbacks simply never run.
+Under graceful_gunicorn they run with the default budget (SPEC section 5),
+which is what the parity tests guard: an app with many extensions, default
+settings, must never do worse than on plain gunicorn.
+
+Routes:
+
+- ``/hello``: a short answer, for loads;
+- ``/sleep/<seconds>?key=K``: answers after ``seconds``;
+- ``/stream/<seconds>?key=K``: streams five chunks over ``seconds``.
+
+Each body ends with :data:`END`, so that a client can tell a whole body from
+a cut one. Requests with a ``key`` append ``entered`` (when the app starts
+them) and ``finished`` (when the app wrote the last byte) to ``$EVENTS_FILE``
+as JSON lines, and the callbacks append ``callback`` lines; the tests wait on
+these events, never on bare sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+
+from flask import Flask, Response, request
+
+from graceful_gunicorn import GracefulShutdown
+
+app = Flask(__name__)
+graceful = GracefulShutdown(app)
+
+EVENTS_FILE = os.environ.get("EVENTS_FILE", os.devnull)
+
+#: The last bytes of every body.
+END = "end\n"
+
+#: The longest a request may ask to take: a stuck test must not hold a worker.
+LONGEST = 30.0
+
+
+def record(event: str, **fields: object) -> None:
+    """Append one event; O_APPEND keeps lines from several processes whole."""
+    line = json.dumps({"event": event, "pid": os.getpid(), "t": time.monotonic(), **fields})
+    fd = os.open(EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _seconds(value: float) -> float:
+    return max(0.0, min(float(value), LONGEST))
+
+
+@app.get("/hello")
+def hello() -> str:
+    return "hello\n" + END
+
+
+@app.get("/sleep/<float:seconds>")
+def sleep(seconds: float) -> str:
+    key = request.args.get("key")
+    if key:
+        record("entered", key=key)
+    time.sleep(_seconds(seconds))
+    if key:
+        record("finished", key=key)
+    return "x" * 10_000 + "\n" + END
+
+
+@app.get("/stream/<float:seconds>")
+def stream(seconds: float) -> Response:
+    key = request.args.get("key")
+    if key:
+        record("entered", key=key)
+    pause = _seconds(seconds) / 5
+
+    def generate() -> Iterator[str]:
+        for i in range(5):
+            yield f"chunk {i}\n"
+            time.sleep(pause)
+        if key:
+            record("finished", key=key)
+        yield END
+
+    return Response(generate(), mimetype="text/plain")
+
+
+def _callback(phase: str, name: str) -> Callable[[], None]:
+    def callback() -> None:
+        record("callback", phase=phase, name=name)
+
+    callback.__name__ = callback.__qualname__ = name
+    return callback
+
+
+# Six callbacks without timeout=, as an app with a handful of extensions has.
+graceful.before_shutdown(_callback("before_shutdown", "stop_scheduler"))
+graceful.on_shutdown(_callback("on_shutdown", "flush_metrics"))
+graceful.on_shutdown(_callback("on_shutdown", "flush_buffer"))
+graceful.on_shutdown(_callback("on_shutdown", "close_cache"))
+graceful.on_shutdown(_callback("on_shutdown", "deregister"))
+graceful.after_shutdown(_callback("after_shutdown", "close_pool"))

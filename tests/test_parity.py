@@ -1,0 +1,321 @@
+"""Never worse than plain gunicorn (USERS.md), for sync, gthread and gevent.
+
+Each test runs one scenario on plain gunicorn and then with graceful_gunicorn
+(tests/parity.py), with gunicorn's default settings (graceful_timeout 30) and
+an app with six shutdown callbacks, none with a ``timeout=``
+(tests/apps/parity_app.py), and asserts that graceful_gunicorn completes at
+least as many requests, fails none where plain gunicorn fails none, and
+answers no request with anything else where plain gunicorn answers 200.
+``pytest -s`` prints both sides' figures (``[parity]`` lines).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from .conftest import WORKER_CLASSES
+from .parity import (
+    KeepAliveLoad,
+    Outcome,
+    Parity,
+    Requests,
+    Scenario,
+    read_response,
+    read_until_closed,
+)
+from .server import Gunicorn, wait_until
+
+#: gunicorn's default graceful_timeout: a stop ends within it (plus the master's exit).
+STOP_TIMEOUT = 30 + 10
+EVENT_TIMEOUT = 20.0
+
+
+@pytest.fixture
+def parity(tmp_path: Path) -> Iterator[Parity]:
+    """Run scenarios on both sides; every process is killed at teardown."""
+    with Parity(tmp_path) as runner:
+        yield runner
+
+
+def stop_and_collect(server: Gunicorn, requests: Requests) -> list[Outcome]:
+    """SIGTERM the master, then every answer, then the master's exit (all bounded)."""
+    server.signal(signal.SIGTERM)
+    outcomes = requests.outcomes(STOP_TIMEOUT)
+    server.wait_exit(STOP_TIMEOUT)
+    return outcomes
+
+
+def entered(server: Gunicorn, count: int) -> None:
+    wait_until(
+        lambda: len(server.events("entered")) >= count,
+        EVENT_TIMEOUT,
+        f"{count} request(s) in the app",
+    )
+
+
+# -- a. requests in flight at SIGTERM ------------------------------------------------
+
+IN_FLIGHT_ARGS = {
+    "sync": ["-k", "sync", "-w", "2"],
+    "gthread": ["-k", "gthread", "-w", "2", "--threads", "4"],
+    "gevent": ["-k", "gevent", "-w", "2"],
+}
+#: As many as the workers serve at once: two sync workers serve one request
+#: each; one gthread worker may accept all of them, so no more than its 4 threads.
+IN_FLIGHT_COUNT = {"sync": 2, "gthread": 4, "gevent": 6}
+REQUEST_SECONDS = 2.0
+
+
+def in_flight_at_sigterm(count: int, seconds: float) -> Scenario:
+    """``count`` requests of ``seconds``, every other one streamed; SIGTERM once all
+    are in the app."""
+    paths = [
+        (f"r{i}", f"/{'stream' if i % 2 else 'sleep'}/{seconds}?key=r{i}") for i in range(count)
+    ]
+
+    def scenario(server: Gunicorn) -> list[Outcome]:
+        requests = Requests(server.port, paths).start()
+        entered(server, count)
+        return stop_and_collect(server, requests)
+
+    return scenario
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_requests_in_flight_at_sigterm(parity: Parity, worker_class: str) -> None:
+    """1. two workers; plain and streaming requests of 2 s, as many as the workers
+    serve at once 2. SIGTERM the master once every one is in the app.
+
+    Result: plain gunicorn completes every one; so must graceful_gunicorn.
+    """
+    count = IN_FLIGHT_COUNT[worker_class]
+    _plain, graceful = parity.run(
+        in_flight_at_sigterm(count, REQUEST_SECONDS), IN_FLIGHT_ARGS[worker_class], workers=2
+    )
+    assert graceful.completed == count, graceful.figures()
+
+
+# -- b. the listen backlog -------------------------------------------------------------
+
+#: Two workers serving fewer requests at once than the eight sent, so that
+#: the others wait: in the kernel's listen backlog (sync; gevent with one
+#: connection per worker), or, on gthread (2 threads a worker), accepted and
+#: queued in the worker, which plain gunicorn serves during its drain.
+BACKLOG_ARGS = {
+    "sync": ["-k", "sync", "-w", "2"],
+    "gthread": ["-k", "gthread", "-w", "2", "--threads", "2"],
+    "gevent": ["-k", "gevent", "-w", "2", "--worker-connections", "1"],
+}
+BACKLOG_REQUESTS = 8
+BACKLOG_SECONDS = 1.5
+#: The scenario itself: the stop comes this long after the first requests began.
+SIGTERM_AFTER = 0.5
+
+
+def backlog() -> Scenario:
+    """Eight 1.5 s requests at once; SIGTERM 0.5 s after two are in the app."""
+    # One label: which of them the workers take first is the kernel's choice.
+    paths = [("backlog", f"/sleep/{BACKLOG_SECONDS}?key=b{i}") for i in range(BACKLOG_REQUESTS)]
+
+    def scenario(server: Gunicorn) -> list[Outcome]:
+        requests = Requests(server.port, paths).start()
+        requests.wait_sent()
+        entered(server, 2)
+        time.sleep(SIGTERM_AFTER)  # the scenario's timing, not a synchronisation
+        return stop_and_collect(server, requests)
+
+    return scenario
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_listen_backlog_at_sigterm(parity: Parity, worker_class: str) -> None:
+    """1. two workers that serve one request at a time each; eight 1.5 s requests
+    at once 2. SIGTERM the master 0.5 s after the first two began.
+
+    Result: never fewer completed than plain gunicorn (which serves 2 of 8 on
+    sync); on sync, graceful_gunicorn serves the backlog: 8 of 8 (issue 13).
+    """
+    _plain, graceful = parity.run(backlog(), BACKLOG_ARGS[worker_class], workers=2)
+    if worker_class == "sync":
+        assert graceful.completed == BACKLOG_REQUESTS, graceful.figures()
+
+
+# -- c. reloads and recycling under keep-alive load -----------------------------------
+
+LOAD_ARGS = {
+    "sync": ["-k", "sync", "-w", "2"],
+    "gthread": ["-k", "gthread", "-w", "2", "--threads", "4"],
+    "gevent": ["-k", "gevent", "-w", "2"],
+}
+RELOADS = 3
+
+
+def sent_at_least(load: KeepAliveLoad, count: int) -> bool:
+    return load.sent >= count
+
+
+def booted_at_least(server: Gunicorn, count: int) -> bool:
+    return len(server.worker_pids()) >= count
+
+
+def reloads_under_load() -> Scenario:
+    """A keep-alive load of 8 clients for about 5 s; SIGHUP after 1/6, 2/6 and 3/6
+    of it, each once the previous reload's workers booted."""
+
+    def scenario(server: Gunicorn) -> list[Outcome]:
+        workers = len(server.worker_pids())
+        load = KeepAliveLoad(server.port, connections=8, requests=250, interval=0.02).start()
+        for n in range(1, RELOADS + 1):
+            progress = load.total * n // 6
+            wait_until(partial(sent_at_least, load, progress), EVENT_TIMEOUT, f"{progress} sent")
+            booted = len(server.worker_pids())
+            server.signal(signal.SIGHUP)
+            wait_until(
+                partial(booted_at_least, server, booted + workers),
+                EVENT_TIMEOUT,
+                f"reload {n}'s workers to boot",
+            )
+        if load.done():
+            raise AssertionError("the load ended before the last reload: make it longer")
+        return load.outcomes(60)
+
+    return scenario
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_three_reloads_under_keepalive_load(parity: Parity, worker_class: str) -> None:
+    """1. two workers under a keep-alive load of 8 clients (2,000 requests)
+    2. SIGHUP the master three times while the load runs.
+
+    Result: no request fails on plain gunicorn; none may fail on graceful_gunicorn.
+    """
+    parity.run(reloads_under_load(), LOAD_ARGS[worker_class], workers=2)
+
+
+MAX_REQUESTS = ["--max-requests", "100", "--max-requests-jitter", "20"]
+RECYCLES_AT_LEAST = 3
+
+
+def recycling_under_load() -> Scenario:
+    """A keep-alive load of 8 clients, 1,200 requests over about 3 s."""
+
+    def scenario(server: Gunicorn) -> list[Outcome]:
+        workers = len(server.worker_pids())
+        outcomes = KeepAliveLoad(server.port, connections=8, requests=150).start().outcomes(60)
+        recycled = len(server.worker_pids()) - workers
+        if recycled < RECYCLES_AT_LEAST:
+            raise AssertionError(f"only {recycled} worker(s) recycled: make the load longer")
+        return outcomes
+
+    return scenario
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_max_requests_recycling_under_keepalive_load(parity: Parity, worker_class: str) -> None:
+    """1. two workers with --max-requests 100 (jitter 20) 2. a keep-alive load
+    of 8 clients, 1,200 requests: each worker recycles several times.
+
+    Result: graceful_gunicorn fails no more requests than plain gunicorn (none).
+    """
+    parity.run(recycling_under_load(), [*LOAD_ARGS[worker_class], *MAX_REQUESTS], workers=2)
+
+
+# -- d. an idle kept-alive connection and a half-sent request ----------------------------
+
+ONE_WORKER_ARGS = {
+    "sync": ["-k", "sync", "-w", "1"],
+    "gthread": ["-k", "gthread", "-w", "1", "--threads", "4"],
+    "gevent": ["-k", "gevent", "-w", "1"],
+}
+HELLO = b"GET /hello HTTP/1.1\r\nHost: parity\r\n\r\n"
+HALF = b"GET /hello HTTP/1.1\r\nHost: parity\r\nX-Half: "
+REST = b"sent\r\n\r\n"
+#: The scenario itself: the client ends its request this long into the stop.
+REST_AFTER = 0.5
+
+
+def _tcp_table(port: int) -> list[list[str]]:
+    """The kernel's IPv4 TCP sockets of 127.0.0.1:``port`` (/proc/net/tcp rows)."""
+    local = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        return [row.split() for row in table.readlines()[1:] if row.split()[1] == local]
+
+
+def read_by_server(port: int, client: socket.socket) -> bool:
+    """Whether the server accepted ``client`` and read every byte it sent.
+
+    A listener's receive queue is its accept backlog; a connection's is what
+    the server has not read yet.
+    """
+    peer = f"0100007F:{client.getsockname()[1]:04X}"
+    rows = _tcp_table(port)
+    listening = [r for r in rows if r[3] == "0A"]
+    mine = [r for r in rows if r[2] == peer]
+    backlog = any(int(r[4].split(":")[1], 16) for r in listening)
+    return not backlog and bool(mine) and int(mine[0][4].split(":")[1], 16) == 0
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=STOP_TIMEOUT)
+
+
+def idle_and_half_sent(server: Gunicorn) -> list[Outcome]:
+    """1. a connection makes one request and stays idle 2. another makes one
+    request, then sends half of its next request's headers 3. once the
+    worker read them, SIGTERM 4. 0.5 s into the stop, the rest of the headers.
+
+    The sync worker keeps no connection alive: each first answer closes its
+    connection, so the "idle" one is probed at once and the half-sent
+    request goes on a new connection (closing the old one as clients do:
+    gunicorn's lingering close waits for that). Outcomes: the two first
+    requests, the half-sent one, and the idle connection as a probe (right
+    when the server closes it without a byte).
+    """
+    with ExitStack() as stack:
+        idle = stack.enter_context(connect(server.port))
+        idle.sendall(HELLO)
+        answer = read_response(idle)
+        outcomes = [answer.outcome("idle's first")]
+        probe = read_until_closed(idle, "idle", STOP_TIMEOUT) if answer.closes else None
+        half = stack.enter_context(connect(server.port))
+        half.sendall(HELLO)
+        answer = read_response(half)
+        outcomes.append(answer.outcome("half-sent's first"))
+        if answer.closes or answer.status is None:
+            half.close()
+            half = stack.enter_context(connect(server.port))
+        half.sendall(HALF)
+        wait_until(
+            lambda: read_by_server(server.port, half), EVENT_TIMEOUT, "the half request read"
+        )
+        server.signal(signal.SIGTERM)
+        wait_until(
+            lambda: "Handling signal: term" in server.log(), EVENT_TIMEOUT, "the stop to begin"
+        )
+        time.sleep(REST_AFTER)  # the scenario's timing, not a synchronisation
+        half.sendall(REST)
+        outcomes.append(read_response(half).outcome("half-sent"))
+        if probe is None:
+            probe = read_until_closed(idle, "idle", STOP_TIMEOUT)
+    server.wait_exit(STOP_TIMEOUT)
+    return [*outcomes, probe]
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_idle_and_half_sent_connections_at_sigterm(parity: Parity, worker_class: str) -> None:
+    """1. one worker; an idle kept-alive connection, and one whose next request is
+    half sent 2. SIGTERM 3. the rest of that request 0.5 s later.
+
+    Result: plain gunicorn answers the half-sent request 200 and closes the idle
+    connection without a byte; graceful_gunicorn must do the same (no 500).
+    """
+    plain, _graceful = parity.run(idle_and_half_sent, ONE_WORKER_ARGS[worker_class], workers=1)
+    assert plain.ok_count("half-sent") == 1, f"premise: plain answers 200\n{plain.figures()}"
