@@ -16,7 +16,9 @@ atomic in CPython, so no lock is taken on the request path (a real lock would
 also block the gevent hub).
 
 A ``wsgi.file_wrapper`` response is returned as it is, with its ``close``
-hooked, so that gunicorn keeps sending it with ``sendfile()``.
+hooked, so that gunicorn keeps sending it with ``sendfile()``; a return
+value that is not iterable (gunicorn's ``ALREADY_HANDLED`` for an app that
+wrote to the socket itself) passes through untouched, no longer in flight.
 
 Given a :class:`~graceful_gunicorn.readiness.Readiness`, the middleware also
 answers its path (without counting it) and closes the connection of each
@@ -25,6 +27,7 @@ request served while the server goes away.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -37,9 +40,21 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+
+
+def printable(value: object) -> str:
+    """``value`` as text for a log line: control characters and ``\\`` escaped.
+
+    A client chooses its request's path: a ``%0A`` in it must not start a
+    forged line in the log that operators alert on.
+    """
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
 @dataclass(frozen=True)
 class RequestInfo:
-    """A request in flight, as logs show it."""
+    """A request in flight, as logs show it (method and path escaped by :func:`printable`)."""
 
     method: str
     path: str
@@ -93,8 +108,8 @@ class InFlight:
         requests = sorted(list(self.active), key=lambda r: r.started)
         return [
             RequestInfo(
-                method=str(r.environ.get("REQUEST_METHOD", "?")),
-                path=str(r.environ.get("PATH_INFO", "?")),
+                method=printable(r.environ.get("REQUEST_METHOD", "?")),
+                path=printable(r.environ.get("PATH_INFO", "?")),
                 seconds=now - r.started,
                 thread_id=r.thread_id,
             )
@@ -144,6 +159,12 @@ class InFlightMiddleware:
         # later, on the first write). Inline, not a method: every request runs it.
         if readiness is not None and (readiness.stopping or readiness.server_flag[0]):
             readiness.close_connection(start_response)
+        if not hasattr(type(iterable), "__iter__"):
+            # No response but a server's sentinel: gunicorn's ALREADY_HANDLED from
+            # an app that wrote to environ["gunicorn.socket"] itself, compared by
+            # identity (workers/base_async.py is_already_handled). It is done.
+            active.discard(request)
+            return iterable
         # PEP 3333 only asks for a callable; gunicorn's is a class, whose exact
         # type a file response has.
         if type(iterable) is environ.get("wsgi.file_wrapper"):

@@ -134,7 +134,7 @@ class GracefulWorkerMixin(_Base):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """SIGTERM: a graceful stop (terminate, reload or recycle)."""
-        if self.graceful is None:
+        if self.graceful is None or not self.graceful.in_worker:
             super().handle_exit(sig, frame)
             return
         self.graceful.request_after_sigterm()
@@ -142,7 +142,7 @@ class GracefulWorkerMixin(_Base):
     def handle_quit(self, sig: int, frame: FrameType | None) -> None:
         """SIGINT/SIGQUIT: a quick stop; a second one exits at once."""
         graceful = self.graceful
-        if graceful is None:
+        if graceful is None or not graceful.in_worker:
             super().handle_quit(sig, frame)
             return
         if graceful.done.is_set() and not graceful.loop_finished.is_set():
@@ -164,7 +164,7 @@ class GracefulWorkerMixin(_Base):
     def handle_abort(self, sig: int, frame: FrameType | None) -> None:
         """SIGABRT (worker timeout): log what is stuck, then the quick callbacks."""
         graceful = self.graceful
-        if graceful is None:
+        if graceful is None or not graceful.in_worker:
             super().handle_abort(sig, frame)
             return
         if graceful.done.is_set() and not graceful.loop_finished.is_set():

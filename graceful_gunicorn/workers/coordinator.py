@@ -92,10 +92,33 @@ class WorkerShutdown:
         self._ignored_sigterm = False
         #: The signal that started the shutdown, if one did.
         self.signal_name: str | None = None
+        #: The worker process; a child the app forks is not it (see _after_fork_in_child).
+        self.pid = os.getpid()
         self._wake_read, self._wake_write = os.pipe()
         for fd in (self._wake_read, self._wake_write):
             os.set_blocking(fd, False)
             os.set_inheritable(fd, False)
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    @property
+    def in_worker(self) -> bool:
+        """Whether this is the worker process itself, not a child the app forked."""
+        return os.getpid() == self.pid
+
+    def _after_fork_in_child(self) -> None:
+        """A child the app forks (``os.fork``, ``multiprocessing``) keeps no tie to us.
+
+        CPython's C handler would write each signal the child gets into the
+        pipe it shares with the worker, and the worker would stop.
+        """
+        if self.in_worker:
+            return
+        try:
+            previous = signal.set_wakeup_fd(-1)
+            if previous not in (-1, self._wake_write):
+                signal.set_wakeup_fd(previous)  # somebody else's: leave it
+        except ValueError:  # only the main thread may set it, and it forked
+            pass
 
     def attach(self, lifecycle: Lifecycle, settings: Settings) -> None:
         """Use ``lifecycle`` and ``settings`` (once the app is loaded)."""
@@ -199,6 +222,8 @@ class WorkerShutdown:
         while True:
             while self.requested is None:
                 select.select([self._wake_read], [], [], 1.0)
+                if not self.in_worker:
+                    return  # a greenlet that survived a fork of the app's (gevent)
                 try:
                     woke = os.read(self._wake_read, 64)
                 except BlockingIOError:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-import select
+import io
 import socket
 import time
 from contextlib import AbstractContextManager
@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import gevent
 import gevent.event
+import gevent.monkey
 import greenlet
 from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
@@ -24,6 +25,9 @@ IDLE_GRACE = 0.1
 
 _monotonic = time.monotonic  # on every request's path
 
+#: The blocking select, never gevent's: the hub itself asks it (close_if_idle).
+_select = gevent.monkey.get_original("select", "select")
+
 
 class _Connection:
     """A client connection, and whether its greenlet waits for a request on it.
@@ -33,11 +37,13 @@ class _Connection:
     connection as waiting meanwhile. One object per connection, none per request.
     """
 
-    __slots__ = ("sock", "timeout", "waiting", "waiting_since", "waits")
+    __slots__ = ("greenlet", "sock", "timeout", "waiting", "waiting_since", "waits")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, serving: Any) -> None:
         self.sock = sock
-        self.timeout: AbstractContextManager[Any] | None = None
+        #: The greenlet that serves it.
+        self.greenlet = serving
+        self.timeout: Any = None
         self.waiting = False
         self.waiting_since = 0.0
         #: How many requests it waited for; from the second on, it was kept alive.
@@ -53,20 +59,60 @@ class _Connection:
     def __exit__(self, *exc_info: Any) -> bool | None:
         self.waiting = False
         assert self.timeout is not None
-        return self.timeout.__exit__(*exc_info)
+        return cast("bool | None", self.timeout.__exit__(*exc_info))
 
     @property
     def idle_kept_alive(self) -> bool:
-        """Waiting after a response for a next request that has not started to arrive."""
+        """Waiting after a response for a next request of which no byte has arrived."""
         if not self.waiting or self.waits < 2:
             return False
         if time.monotonic() - self.waiting_since < IDLE_GRACE:
             return False  # a busy client sends its next request within milliseconds
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
+            readable, _, _ = _select([self.sock], [], [], 0)
         except (OSError, ValueError):
             return False
-        return not readable
+        return not readable and _waits_for_first_byte(self.greenlet)
+
+    def close_if_idle(self) -> None:
+        """End the wait for a next request as gunicorn's keep-alive timeout would.
+
+        Run by the hub, while the connection's greenlet is suspended: looked at
+        again, since the client may have sent meanwhile. The timeout is thrown
+        in, not ``GreenletExit``: gunicorn swallows its own keep-alive timeout
+        and closes the connection without a response, where any other
+        exception gets a 500 written onto it (base_async.py ``handle``).
+        """
+        if self.timeout is not None and not self.greenlet.dead and self.idle_kept_alive:
+            self.greenlet.throw(self.timeout)
+
+
+#: The parser's methods that read more of a request (gunicorn http/message.py:
+#: ``get_data`` to 26, ``read_into`` from 27), called with ``stop=True`` for
+#: its first byte.
+_PARSER_READS = frozenset({"get_data", "read_into"})
+
+
+def _waits_for_first_byte(serving: Any) -> bool:
+    """Whether ``serving`` waits inside gunicorn's parser with no byte of a request.
+
+    A request whose first bytes arrived sits in the parser's buffer, no
+    longer in the socket. Unknown ground (another parser) counts as started:
+    such a connection then ends as in plain gunicorn, at its keep-alive timeout.
+    """
+    frame = getattr(serving, "gr_frame", None)
+    while frame is not None:
+        if frame.f_code.co_name in _PARSER_READS and "buf" in frame.f_code.co_varnames:
+            buf = frame.f_locals.get("buf")
+            if isinstance(buf, io.BytesIO):  # gunicorn up to 26
+                received = buf.tell()
+            elif isinstance(buf, (bytes, bytearray)):  # gunicorn 27
+                received = len(buf)
+            else:
+                return False
+            return received == 0 and frame.f_locals.get("stop") is True
+        frame = frame.f_back
+    return False
 
 
 class GracefulGevent(GracefulWorkerMixin, GeventWorker):
@@ -110,7 +156,7 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         """Serve one connection (in its own greenlet), tracked while it lasts."""
         current = gevent.getcurrent()
-        self._connections[current] = _Connection(client)
+        self._connections[current] = _Connection(client, current)
         try:
             # A connection accepted just before the stop closed the listener
             # must still learn the listener's address, which gunicorn asks for.
@@ -131,9 +177,10 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
 
     def release_idle_connections(self) -> None:
         """Close the kept-alive connections on which no request is coming."""
-        for current, connection in list(self._connections.items()):
+        loop = gevent.get_hub().loop
+        for connection in list(self._connections.values()):
             if connection.idle_kept_alive:
-                current.kill(block=False)
+                loop.run_callback(connection.close_if_idle)
 
     def request_frames(self) -> dict[int, FrameType]:
         """Requests run in greenlets, whose ident is ``id(greenlet)`` under gevent."""
