@@ -53,3 +53,28 @@ def test_exit_thread_and_endless_async_callbacks_are_contained(
     assert len(server.callbacks("after_shutdown")) == 1
     assert "SIGKILL" not in log
     assert took < GRACEFUL_TIMEOUT / 2, f"took {took:.1f}s"
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_a_worker_held_by_a_thread_runs_its_atexit_handlers_and_says_it_was_forced(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. an on_shutdown callback leaves a non-daemon thread running; the app has an
+    atexit handler 2. SIGTERM.
+
+    Result: the worker cannot exit by itself; graceful_gunicorn ends it, but only
+    after the atexit handler ran, and with exit status 1, not 0 (review defect 18).
+    """
+    server = gunicorn(
+        [*GRACEFUL, *worker_args(worker_class, workers=1), "--graceful-timeout", "10", APP],
+        {"MISBEHAVE": "thread,atexit"},
+    )
+    server.wait_ready(workers=1)
+    (worker,) = server.worker_pids()
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(20) == 0
+    log = server.log()
+    assert f"worker {worker} did not exit after its shutdown; running its atexit handlers" in log
+    assert [e["pid"] for e in server.events("atexit")] == [worker]
+    assert f"Worker (pid:{worker}) exited with code 1" in log
+    assert "SIGKILL" not in log

@@ -19,14 +19,16 @@ stopping on purpose.
 
 from __future__ import annotations
 
+import atexit
 import os
 import select
 import signal
 import threading
 import time
 import traceback
+from contextlib import suppress
 from types import FrameType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gunicorn
 
@@ -90,6 +92,8 @@ class WorkerShutdown:
         self.loop_finished = threading.Event()
         self._reason_unsettled = False
         self._ignored_sigterm = False
+        #: The report this worker handed to the master, if it did.
+        self._report: dict[str, Any] | None = None
         #: The signal that started the shutdown, if one did.
         self.signal_name: str | None = None
         #: The worker process; a child the app forks is not it (see _after_fork_in_child).
@@ -333,7 +337,8 @@ class WorkerShutdown:
             # The master's summary reads it. Ctrl+C signals the whole group, so
             # a quick stop may be over before the master has recorded its own.
             if state is not None and (state.stop_kind != master_state.STOP_NONE or sequence.quick):
-                worker_reports.write(report.as_dict())
+                self._report = report.as_dict()
+                worker_reports.write(self._report)
         except BaseException:
             log.exception("graceful_gunicorn: shutdown sequence failed")
         finally:
@@ -365,22 +370,36 @@ class WorkerShutdown:
             )
 
     def _make_sure_we_exit(self, sequence: ShutdownSequence) -> None:
-        """5. The main thread may be stuck in a request; the process must still end."""
+        """5. The main thread may be stuck in a request; the process must still end.
+
+        Python joins non-daemon threads before it exits; one that a callback or
+        the app left running (or a hung ``worker_exit`` hook) must not hold the
+        worker until the master's SIGKILL. Half of what is left before that
+        goes to a normal exit; then the ``atexit`` handlers that Python would
+        have run (error trackers and tracing exporters flush there) get the rest,
+        the report says the exit was forced, and the exit status is 1.
+        """
         if not self.loop_finished.wait(0.05):
             self.worker.interrupt_main()
-        # Python joins non-daemon threads before it exits; one that a callback or the
-        # app left running must not hold the worker until the master's deadline.
-        exit_by = min(
-            sequence.deadline + min(EXIT_GRACE, safety_margin(self.graceful_timeout)),
-            time.monotonic() + EXIT_GRACE,
-        )
-        while time.monotonic() < exit_by:
+        master_kills_at = sequence.deadline + safety_margin(self.graceful_timeout)
+        now = time.monotonic()
+        give_up_at = min(now + max(0.0, master_kills_at - now) / 2, now + EXIT_GRACE)
+        while time.monotonic() < give_up_at:
             time.sleep(0.05)
         self.worker.log.error(
-            "graceful_gunicorn: worker %s did not exit after its shutdown; ending it now",
+            "graceful_gunicorn: worker %s did not exit after its shutdown; running its "
+            "atexit handlers, then ending it (exit status 1)",
             os.getpid(),
         )
-        os._exit(0)
+        if self._report is not None:
+            with suppress(OSError):
+                worker_reports.write({**self._report, "forced_exit": True})
+        handlers = threading.Thread(target=atexit._run_exitfuncs, daemon=True)
+        handlers.start()
+        handlers.join(
+            max(0.0, min(master_kills_at - 0.05, give_up_at + EXIT_GRACE) - time.monotonic())
+        )
+        os._exit(1)
 
     # -- the main thread, after gunicorn's loop returned ------------------------
 

@@ -161,6 +161,12 @@ if "thread" in MISBEHAVE:
         threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
 
 
+if "atexit" in MISBEHAVE:
+    import atexit
+
+    atexit.register(lambda: record("atexit"))
+
+
 if "async_hang" in MISBEHAVE:
 
     @app.on_shutdown(timeout=1)
