@@ -322,6 +322,7 @@ class ShutdownSequence:
             reason=reason, pid=os.getpid(), in_flight_at_start=lifecycle.in_flight
         )
         self._finished = False
+        self._drained = False
         self._ran = False
         self._run_lock = threading.Lock()
 
@@ -457,6 +458,7 @@ class ShutdownSequence:
             time.sleep(min(DRAIN_POLL_INTERVAL, until - now))
         duration = time.monotonic() - started
         left = self.lifecycle.requests.snapshot()
+        self._drained = True
         self.report.requests_drained += max(0, at_start - len(left))
         self.report.requests_abandoned = len(left)
         self.report.phases.append(PhaseResult("drain", duration))
@@ -507,6 +509,9 @@ class ShutdownSequence:
         """Close the report and log its one-line summary."""
         if not self._finished:
             self._finished = True
+            if not self._drained:
+                # A quick stop or an abort does not wait: what is in flight now is cut.
+                self.report.requests_abandoned = self.lifecycle.in_flight
             self.report.duration = time.monotonic() - self.started
             report = self.report
             self.log.info(
