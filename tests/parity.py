@@ -59,6 +59,7 @@ __all__ = [
     "Run",
     "Scenario",
     "compare",
+    "note",
     "read_response",
     "read_until_closed",
 ]
@@ -157,11 +158,20 @@ class Run:
         )
 
 
+def _test_id() -> str:
+    return os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+
+
+def note(server: Gunicorn, text: str) -> None:
+    """Print a scenario's own figure for the record, with its side (``pytest -s``)."""
+    side = "graceful" if server.graceful else "plain"
+    print(f"[parity] {_test_id()}: {side:<8} {text}")
+
+
 def compare(plain: Run, graceful: Run) -> None:
     """Assert the three rules; the message lists both sides' figures."""
-    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
     for run in (plain, graceful):
-        print(f"[parity] {test}: {run.figures()}")
+        print(f"[parity] {_test_id()}: {run.figures()}")
     labels = Counter(o.label for o in plain.outcomes)
     if labels != Counter(o.label for o in graceful.outcomes):
         raise AssertionError(

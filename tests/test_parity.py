@@ -28,6 +28,7 @@ from .parity import (
     Parity,
     Requests,
     Scenario,
+    note,
     read_response,
     read_until_closed,
 )
@@ -200,17 +201,22 @@ def test_three_reloads_under_keepalive_load(parity: Parity, worker_class: str) -
     parity.run(reloads_under_load(), LOAD_ARGS[worker_class], workers=2)
 
 
-MAX_REQUESTS = ["--max-requests", "100", "--max-requests-jitter", "20"]
-RECYCLES_AT_LEAST = 3
+MAX_REQUESTS = ["--max-requests", "75", "--max-requests-jitter", "15"]
+#: Each worker recycled at least once. How many more varies: gunicorn's gevent
+#: worker serves up to a second longer after reaching max_requests (its loop
+#: looks at ``alive`` once a second), so it recycles 2-5 times where sync and
+#: gthread recycle a dozen.
+RECYCLES_AT_LEAST = 2
 
 
 def recycling_under_load() -> Scenario:
-    """A keep-alive load of 8 clients, 1,200 requests over about 3 s."""
+    """A keep-alive load of 8 clients, 1,600 requests over about 4 s."""
 
     def scenario(server: Gunicorn) -> list[Outcome]:
         workers = len(server.worker_pids())
-        outcomes = KeepAliveLoad(server.port, connections=8, requests=150).start().outcomes(60)
+        outcomes = KeepAliveLoad(server.port, connections=8, requests=200).start().outcomes(60)
         recycled = len(server.worker_pids()) - workers
+        note(server, f"{recycled} worker(s) recycled")
         if recycled < RECYCLES_AT_LEAST:
             raise AssertionError(f"only {recycled} worker(s) recycled: make the load longer")
         return outcomes
@@ -220,8 +226,8 @@ def recycling_under_load() -> Scenario:
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_max_requests_recycling_under_keepalive_load(parity: Parity, worker_class: str) -> None:
-    """1. two workers with --max-requests 100 (jitter 20) 2. a keep-alive load
-    of 8 clients, 1,200 requests: each worker recycles several times.
+    """1. two workers with --max-requests 75 (jitter 15) 2. a keep-alive load
+    of 8 clients, 1,600 requests: each worker recycles at least once.
 
     Result: graceful_gunicorn fails no more requests than plain gunicorn (none).
     """
