@@ -38,6 +38,15 @@ from .server import Gunicorn, wait_until
 STOP_TIMEOUT = 30 + 10
 EVENT_TIMEOUT = 20.0
 
+#: The two apps of issue 13's report: six callbacks without timeout= at gunicorn's
+#: defaults, and four (three without) at --graceful-timeout 15. Both sides get the
+#: same arguments and environment.
+APPS = {
+    "six-callbacks-defaults": ([], {"PARITY_CALLBACKS": "six"}),
+    "issue-app-at-15": (["--graceful-timeout", "15"], {"PARITY_CALLBACKS": "issue"}),
+}
+with_apps = pytest.mark.parametrize("app", list(APPS))
+
 
 @pytest.fixture
 def parity(tmp_path: Path) -> Iterator[Parity]:
@@ -90,31 +99,38 @@ def in_flight_at_sigterm(count: int, seconds: float) -> Scenario:
     return scenario
 
 
+@with_apps
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
-def test_requests_in_flight_at_sigterm(parity: Parity, worker_class: str) -> None:
+def test_requests_in_flight_at_sigterm(parity: Parity, worker_class: str, app: str) -> None:
     """1. two workers; plain and streaming requests of 2 s, as many as the workers
     serve at once 2. SIGTERM the master once every one is in the app.
 
     Result: plain gunicorn completes every one; so must graceful_gunicorn.
     """
     count = IN_FLIGHT_COUNT[worker_class]
+    args, env = APPS[app]
     _plain, graceful = parity.run(
-        in_flight_at_sigterm(count, REQUEST_SECONDS), IN_FLIGHT_ARGS[worker_class], workers=2
+        in_flight_at_sigterm(count, REQUEST_SECONDS),
+        [*IN_FLIGHT_ARGS[worker_class], *args],
+        workers=2,
+        env=env,
     )
     assert graceful.completed == count, graceful.figures()
 
 
 # -- b. the listen backlog -------------------------------------------------------------
 
-#: Two workers serving fewer requests at once than the eight sent, so that
-#: the others wait: in the kernel's listen backlog (sync; gevent with one
-#: connection per worker), or, on gthread (2 threads a worker), accepted and
-#: queued in the worker, which plain gunicorn serves during its drain.
+#: Two workers, eight requests at once: the others wait in the kernel's listen
+#: backlog (sync), or accepted and queued in the worker (gthread, 2 threads a
+#: worker), which plain gunicorn serves during its drain; gevent takes them all.
 BACKLOG_ARGS = {
     "sync": ["-k", "sync", "-w", "2"],
     "gthread": ["-k", "gthread", "-w", "2", "--threads", "2"],
-    "gevent": ["-k", "gevent", "-w", "2", "--worker-connections", "1"],
+    "gevent": ["-k", "gevent", "-w", "2"],
 }
+#: gevent with one connection a worker leaves a real backlog, which neither
+#: side serves once it stopped accepting (their listeners close at the stop).
+GEVENT_ONE_CONNECTION = ["-k", "gevent", "-w", "2", "--worker-connections", "1"]
 BACKLOG_REQUESTS = 8
 BACKLOG_SECONDS = 1.5
 #: The scenario itself: the stop comes this long after the first requests began.
@@ -136,17 +152,29 @@ def backlog() -> Scenario:
     return scenario
 
 
+@with_apps
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
-def test_listen_backlog_at_sigterm(parity: Parity, worker_class: str) -> None:
+def test_listen_backlog_at_sigterm(parity: Parity, worker_class: str, app: str) -> None:
     """1. two workers that serve one request at a time each; eight 1.5 s requests
     at once 2. SIGTERM the master 0.5 s after the first two began.
 
     Result: never fewer completed than plain gunicorn (which serves 2 of 8 on
-    sync); on sync, graceful_gunicorn serves the backlog: 8 of 8 (issue 13).
+    sync); graceful_gunicorn serves all of them: 8 of 8 (issue 13).
     """
-    _plain, graceful = parity.run(backlog(), BACKLOG_ARGS[worker_class], workers=2)
-    if worker_class == "sync":
-        assert graceful.completed == BACKLOG_REQUESTS, graceful.figures()
+    args, env = APPS[app]
+    _plain, graceful = parity.run(
+        backlog(), [*BACKLOG_ARGS[worker_class], *args], workers=2, env=env
+    )
+    assert graceful.completed == BACKLOG_REQUESTS, graceful.figures()
+
+
+def test_gevent_one_connection_backlog_at_sigterm(parity: Parity) -> None:
+    """1. two gevent workers of one connection each; eight 1.5 s requests at once
+    2. SIGTERM 0.5 s after the first two began.
+
+    Result: graceful_gunicorn completes at least as many as plain gunicorn (2 of 8).
+    """
+    parity.run(backlog(), GEVENT_ONE_CONNECTION, workers=2)
 
 
 # -- c. reloads and recycling under keep-alive load -----------------------------------
@@ -191,14 +219,16 @@ def reloads_under_load() -> Scenario:
     return scenario
 
 
+@with_apps
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
-def test_three_reloads_under_keepalive_load(parity: Parity, worker_class: str) -> None:
+def test_three_reloads_under_keepalive_load(parity: Parity, worker_class: str, app: str) -> None:
     """1. two workers under a keep-alive load of 8 clients (2,000 requests)
     2. SIGHUP the master three times while the load runs.
 
     Result: no request fails on plain gunicorn; none may fail on graceful_gunicorn.
     """
-    parity.run(reloads_under_load(), LOAD_ARGS[worker_class], workers=2)
+    args, env = APPS[app]
+    parity.run(reloads_under_load(), [*LOAD_ARGS[worker_class], *args], workers=2, env=env)
 
 
 MAX_REQUESTS = ["--max-requests", "75", "--max-requests-jitter", "15"]

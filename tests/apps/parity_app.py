@@ -1,5 +1,12 @@
 """The app of the parity tests (tests/parity.py): an ordinary Flask app with
-six shutdown callbacks and none of them given a ``timeout=``.
+shutdown callbacks that were not given a ``timeout=``.
+
+``$PARITY_CALLBACKS`` picks them: ``six`` (the default) registers six
+on_shutdown and after_shutdown callbacks, none with a ``timeout=``: at 5 s
+each they once took the whole of gunicorn's default budget from the drain.
+``issue`` is the app of issue 13's report, meant for ``--graceful-timeout
+15``: a before_shutdown, three on_shutdown (one with ``timeout=2``) and an
+after_shutdown.
 
 Plain gunicorn loads this same module; there the callbacks simply never run.
 Under graceful_gunicorn they run with the default budget (SPEC section 5),
@@ -98,10 +105,17 @@ def _callback(phase: str, name: str) -> Callable[[], None]:
     return callback
 
 
-# Six callbacks without timeout=, as an app with a handful of extensions has.
-graceful.before_shutdown(_callback("before_shutdown", "stop_scheduler"))
-graceful.on_shutdown(_callback("on_shutdown", "flush_metrics"))
-graceful.on_shutdown(_callback("on_shutdown", "flush_buffer"))
-graceful.on_shutdown(_callback("on_shutdown", "close_cache"))
-graceful.on_shutdown(_callback("on_shutdown", "deregister"))
-graceful.after_shutdown(_callback("after_shutdown", "close_pool"))
+if os.environ.get("PARITY_CALLBACKS", "six") == "issue":
+    graceful.before_shutdown(_callback("before_shutdown", "stop_scheduler"))
+    graceful.on_shutdown(_callback("on_shutdown", "flush_metrics"))
+    graceful.on_shutdown(timeout=2)(_callback("on_shutdown", "flush_buffer"))
+    graceful.on_shutdown(_callback("on_shutdown", "close_cache"))
+    graceful.after_shutdown(_callback("after_shutdown", "close_pool"))
+else:
+    # Six callbacks without timeout=, as an app with a handful of extensions has.
+    graceful.on_shutdown(_callback("on_shutdown", "flush_metrics"))
+    graceful.on_shutdown(_callback("on_shutdown", "flush_buffer"))
+    graceful.on_shutdown(_callback("on_shutdown", "close_cache"))
+    graceful.on_shutdown(_callback("on_shutdown", "deregister"))
+    graceful.after_shutdown(_callback("after_shutdown", "close_pool"))
+    graceful.after_shutdown(_callback("after_shutdown", "flush_logs"))
