@@ -91,7 +91,7 @@ class ShutdownPlan:
     @property
     def fits(self) -> bool:
         """Whether every explicit timeout is kept in full."""
-        return self.quick or self.explicit <= self.budget
+        return self.quick or _fits(self.explicit, self.budget)
 
     def keep_after(self, registration: Registration) -> float:
         """What the callbacks that run after ``registration`` keep."""
@@ -131,6 +131,11 @@ class ShutdownPlan:
         )
 
 
+def _fits(explicit: float, budget: float) -> bool:
+    # 2.7 + 5.4 is 8.100000000000001: a sum of decimal timeouts that fits exactly fits.
+    return explicit <= budget + 1e-9
+
+
 def plan_shutdown(
     callbacks: Sequence[Registration],
     *,
@@ -145,8 +150,8 @@ def plan_shutdown(
 
     ``margin`` defaults to :func:`safety_margin` of ``graceful_timeout`` (0 for
     an in-process shutdown that no master will kill). Never raises: a plan
-    whose explicit timeouts do not fit keeps them in proportion, and says so
-    in :meth:`ShutdownPlan.problem`.
+    whose explicit timeouts do not fit gives them half of the budget in
+    proportion, and says so in :meth:`ShutdownPlan.problem`.
     """
     margin = safety_margin(graceful_timeout) if margin is None else margin
     available = max(0.0, graceful_timeout - margin)
@@ -159,9 +164,11 @@ def plan_shutdown(
         return ShutdownPlan(reason, graceful_timeout, margin, min(quick_timeout, available), quick)
     explicit = sum(r.timeout for r in callbacks if r.timeout is not None)
     implicit = sum(1 for r in callbacks if r.timeout is None)
-    # Explicit timeouts come first; if they cannot all fit, in proportion.
-    scale = 1.0 if explicit <= available else available / explicit
-    pool = max(0.0, available / 2 - explicit)
+    # Explicit timeouts come first. If they cannot all fit (a worker that serves
+    # anyway after a reload), they share half of the budget in proportion: the
+    # drain keeps the other half, as plain gunicorn's would keep all of it.
+    scale = 1.0 if _fits(explicit, available) else available / 2 / explicit
+    pool = max(0.0, available / 2 - explicit * scale)
     share = min(default_timeout, pool / implicit) if implicit else 0.0
     planned = tuple(
         PlannedCallback(r, timeout_of(r), share if r.timeout is None else r.timeout * scale)

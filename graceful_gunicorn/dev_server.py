@@ -66,5 +66,5 @@ def shutdown_at_exit(lifecycle: Lifecycle) -> None:
     if lifecycle.draining:
         return
     settings, _ = Settings.load({}, os.environ)
-    lifecycle.callback_timeout = settings.default_callback_timeout(lifecycle.callback_timeout)
+    lifecycle.server_callback_timeout = settings.given_callback_timeout
     lifecycle.shutdown("quick", quick_timeout=settings.quick_shutdown_timeout)

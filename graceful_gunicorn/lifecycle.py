@@ -77,6 +77,8 @@ class Lifecycle:
     ) -> None:
         #: Timeout of a callback registered without ``timeout=``.
         self.callback_timeout = check_timeout(callback_timeout, "callback_timeout") or 0.0
+        #: The server's ``shutdown_callback_timeout`` when it was set: it wins.
+        self.server_callback_timeout: float | None = None
         #: The requests in flight through :meth:`wrap`.
         self.requests = InFlight()
         #: The readiness path and whether the server is going away (the
@@ -182,7 +184,14 @@ class Lifecycle:
         """The timeout ``registration`` runs with: its own, else the default."""
         if registration.timeout is not None:
             return registration.timeout
-        return self.callback_timeout
+        return self.default_timeout
+
+    @property
+    def default_timeout(self) -> float:
+        """What a callback without ``timeout=`` may take: the server's setting, if it
+        was set, else :attr:`callback_timeout`."""
+        server = self.server_callback_timeout
+        return self.callback_timeout if server is None else server
 
     def plan(
         self,
@@ -195,7 +204,7 @@ class Lifecycle:
         """The budget of a stop for ``reason`` (see :mod:`graceful_gunicorn.budget`)."""
         return plan_shutdown(
             self.callbacks("on_shutdown", reason) + self.callbacks("after_shutdown", reason),
-            default_timeout=self.callback_timeout,
+            default_timeout=self.default_timeout,
             reason=reason,
             graceful_timeout=graceful_timeout,
             quick_timeout=quick_timeout,

@@ -1,7 +1,7 @@
 """State the gunicorn master shares with its workers, in memory mapped before the fork.
 
-The master writes, its workers read (but for one byte that a worker writes
-once it booted): whether the server is going away (so
+The master writes, its workers read (but for two bytes that workers write
+at boot): whether the server is going away (so
 that every worker answers the readiness path with 503 at once, also during
 ``shutdown_delay``), why the master is stopping and when its graceful stop
 began (so that a worker knows its real deadline), and a generation number that
@@ -12,8 +12,10 @@ nothing is ever unpickled or executed from it.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import struct
+import tempfile
 
 STOP_NONE = 0
 STOP_TERMINATE = 1
@@ -22,8 +24,10 @@ STOP_QUICK = 2
 # going away (uint8, first so that one byte read answers it), stop kind (uint8),
 # padding, generation (uint64), stop time (double, monotonic)
 _LAYOUT = struct.Struct("<BB6xQd")
-# One byte after it, written by the workers: one of them has booted and served.
+# Two bytes after it, written by the workers: one of them has booted (and
+# served); one of them failed to boot and stops the server.
 _BOOTED = _LAYOUT.size
+_BOOT_FAILED = _LAYOUT.size + 1
 
 
 class MasterState:
@@ -31,7 +35,10 @@ class MasterState:
 
     def __init__(self) -> None:
         # Anonymous and MAP_SHARED: the forked workers see the master's writes.
-        self._map = mmap.mmap(-1, _LAYOUT.size + 1)
+        self._map = mmap.mmap(-1, _LAYOUT.size + 2)
+        # An unlinked file whose POSIX record lock (per process, unlike flock's,
+        # which forked workers would share) makes claim_boot_failure atomic.
+        self._lock = tempfile.TemporaryFile()
 
     def _read(self) -> tuple[int, int, float]:
         _, kind, generation, stop_at = _LAYOUT.unpack_from(self._map, 0)
@@ -73,6 +80,21 @@ class MasterState:
     def mark_worker_booted(self) -> None:
         """Record, from a worker, that it booted (its app loaded and checked)."""
         self._map[_BOOTED] = 1
+
+    def claim_boot_failure(self) -> bool:
+        """From a worker whose app cannot work: whether it is the one to say so.
+
+        Every worker of a server fails at the same point; one line and one
+        boot-error exit stop the server, where several would have the master
+        raise HaltServer again inside its own halt (arbiter.py reap_workers).
+        """
+        fcntl.lockf(self._lock, fcntl.LOCK_EX)
+        try:
+            first = self._map[_BOOT_FAILED] == 0
+            self._map[_BOOT_FAILED] = 1
+        finally:
+            fcntl.lockf(self._lock, fcntl.LOCK_UN)
+        return first
 
     def begin_stop(self, kind: int, at: float) -> None:
         """Record that the master's stop begins now (the first stop wins its time)."""

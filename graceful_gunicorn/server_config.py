@@ -18,6 +18,7 @@ from gunicorn.config import Config
 from .budget import GRACEFUL_REASONS, ShutdownPlan
 from .lifecycle import Lifecycle
 from .settings import Settings, SettingsError
+from .summary import UnsafeReportPath, open_report_folder
 
 #: gunicorn's stock worker classes and the graceful subclass that replaces each.
 GRACEFUL_WORKERS = {
@@ -44,10 +45,14 @@ def config_namespace(cfg: Config) -> Mapping[str, Any]:
 def load_settings(
     cfg: Config, environ: Mapping[str, str] | None = None
 ) -> tuple[Settings, list[str]]:
-    """Our settings for this gunicorn config, checked against its ``graceful_timeout``."""
-    settings, warnings = Settings.load(
-        config_namespace(cfg), os.environ if environ is None else environ
-    )
+    """Our settings for this gunicorn config, checked against its ``graceful_timeout``.
+
+    gunicorn's ``-e``/``raw_env`` wins over the environment (gunicorn copies it
+    into the master's environment, but only after the hooks that call this
+    have run: arbiter.py ``setup``), which wins over the config file.
+    """
+    base = os.environ if environ is None else environ
+    settings, warnings = Settings.load(config_namespace(cfg), {**base, **cfg.env})
     settings.check_budget(float(cfg.graceful_timeout))
     return settings, warnings
 
@@ -103,10 +108,10 @@ def graceful_plans(
 ) -> list[ShutdownPlan]:
     """The plan of a terminate, a reload and a recycle of a worker serving ``lifecycle``.
 
-    Gives the lifecycle its default callback timeout first: the setting
-    when it was set, else the lifecycle's own.
+    Gives the lifecycle the server's default callback timeout first (when
+    it was set; a reload that drops it gives the lifecycle its own back).
     """
-    lifecycle.callback_timeout = settings.default_callback_timeout(lifecycle.callback_timeout)
+    lifecycle.server_callback_timeout = settings.given_callback_timeout
     return [
         lifecycle.plan(
             reason,
@@ -126,9 +131,12 @@ def check_lifecycle_fits(lifecycle: Lifecycle, settings: Settings, graceful_time
 
 
 def check_report_directory(settings: Settings) -> None:
-    """Raise :class:`SettingsError` if the JSON report could never be written.
+    """Raise :class:`SettingsError` if the JSON report could never be written safely.
 
-    Checked when the master starts, so that the report is not lost at the end.
+    Checked when the master starts, so that the report is not lost at the
+    end: the folder must exist, be writable, be reached without a symlink and
+    be one that no other user can write to (see
+    :func:`graceful_gunicorn.summary.open_report_folder`).
     """
     path = settings.shutdown_report_path
     if path is None:
@@ -142,3 +150,13 @@ def check_report_directory(settings: Settings) -> None:
         raise SettingsError(
             f"shutdown_report_path={path!r}: the directory {directory!r} is not writable"
         )
+    try:
+        os.close(open_report_folder(path))
+    except UnsafeReportPath as exc:
+        raise SettingsError(
+            f"shutdown_report_path={path!r}: {exc}; use a folder that only the server's "
+            "user can write to, reached without a symlink, e.g. one made with "
+            "'install -d -m 700 /var/lib/myapp' (not /tmp)"
+        ) from None
+    except OSError as exc:
+        raise SettingsError(f"shutdown_report_path={path!r}: {exc}") from None

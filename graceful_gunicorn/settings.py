@@ -77,13 +77,12 @@ class Settings:
         ]
         return cls(**values, given=frozenset(values)), warnings
 
-    def default_callback_timeout(self, own: float) -> float:
-        """The timeout of a callback registered without ``timeout=``.
-
-        ``shutdown_callback_timeout`` when it was set, else ``own``: the
-        lifecycle's ``callback_timeout`` (``Lifecycle(callback_timeout=8)``).
-        """
-        return self.shutdown_callback_timeout if "shutdown_callback_timeout" in self.given else own
+    @property
+    def given_callback_timeout(self) -> float | None:
+        """``shutdown_callback_timeout`` if it was set, else ``None``: then a lifecycle
+        keeps its own ``callback_timeout`` (``Lifecycle(callback_timeout=8)``)."""
+        given = "shutdown_callback_timeout" in self.given
+        return self.shutdown_callback_timeout if given else None
 
     def check_budget(self, graceful_timeout: float, where: str = "graceful_timeout") -> None:
         """Raise :class:`SettingsError` if a quick stop's budget, as set, cannot fit.

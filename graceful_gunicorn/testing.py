@@ -20,6 +20,7 @@ down once: use a fresh app (an app factory) for each test.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from typing import Any
 from .context import Reason
 from .lifecycle import find_lifecycle
 from .report import ShutdownReport
+from .settings import Settings
 
 
 @dataclass
@@ -46,13 +48,17 @@ def run_shutdown(
     *,
     hold: Sequence[str] = (),
     timeout: float = 30.0,
+    quick_timeout: float | None = None,
     hold_timeout: float = 5.0,
 ) -> ShutdownRun:
     """Run ``app``'s shutdown sequence for ``reason`` with ``hold`` in flight.
 
-    ``app`` is a Flask app set up with ``GracefulShutdown``; ``timeout`` is the
-    budget of the whole sequence (gunicorn's ``graceful_timeout``, 30 s by
-    default). A test-client response counts as in flight until it is closed
+    ``app`` is a Flask app set up with ``GracefulShutdown``. The sequence is
+    planned as a gunicorn worker plans it (:mod:`graceful_gunicorn.budget`):
+    ``timeout`` is gunicorn's ``graceful_timeout`` (30 s by default), of which
+    the same safety margin is kept; a quick reason's callbacks get
+    ``quick_timeout`` (by default ``$GRACEFUL_QUICK_SHUTDOWN_TIMEOUT``, else 2 s).
+    A test-client response counts as in flight until it is closed
     (PEP 3333), so send earlier requests with ``buffered=True`` or close them. Raises
     ``TimeoutError`` if the held requests are not all in flight within
     ``hold_timeout`` seconds (they ended too fast to be held).
@@ -81,7 +87,9 @@ def run_shutdown(
                 f"after {hold_timeout:g}s"
             )
         time.sleep(0.005)
-    report = lifecycle.shutdown(reason, timeout=timeout)
+    if quick_timeout is None:
+        quick_timeout = Settings.load({}, os.environ)[0].quick_shutdown_timeout
+    report = lifecycle.shutdown(reason, timeout=timeout, quick_timeout=quick_timeout)
     for thread in threads:
         thread.join(timeout)
     return ShutdownRun(report, responses)

@@ -109,6 +109,12 @@ def _other_cases(tmp: str) -> dict[str, Case]:
                 "raise graceful_timeout or lower those timeouts",
             ],
         ),
+        "raw-env-not-a-number": Case(
+            {},
+            {},
+            ["-e", "GRACEFUL_SHUTDOWN_CALLBACK_TIMEOUT=abc"],
+            ["GRACEFUL_SHUTDOWN_CALLBACK_TIMEOUT must be a number of seconds", "got 'abc'"],
+        ),
         "unsupported-worker-class": Case(
             {}, {}, ["-k", "gevent_pywsgi"], ["worker_class 'gevent_pywsgi' is not supported"]
         ),

@@ -62,16 +62,31 @@ def test_explicit_timeouts_over_half_take_the_drain_and_leave_no_share() -> None
     assert plan.fits
 
 
-def test_explicit_timeouts_that_cannot_fit_are_cut_in_proportion_and_named() -> None:
-    plan = lifecycle_with(20, 10).plan("terminate", graceful_timeout=30)
+def test_explicit_timeouts_that_cannot_fit_share_half_the_budget_and_are_named() -> None:
+    """A worker that serves anyway (after a reload) still drains for half of the budget."""
+    plan = lifecycle_with(20, 10, None).plan("terminate", graceful_timeout=30)
     assert not plan.fits
-    assert [c.keeps for c in plan.callbacks] == pytest.approx([29 * 10 / 30, 29 * 20 / 30])
-    assert plan.drain == 0.0
+    assert [c.keeps for c in plan.callbacks] == pytest.approx([0.0, 14.5 * 10 / 30, 14.5 * 20 / 30])
+    assert plan.drain == pytest.approx(14.5)
     assert plan.problem() == (
         "the timeout= of the on_shutdown and after_shutdown callbacks add up to 30s (reason "
         "terminate), more than the 29s that graceful_timeout=30 leaves after its 1s safety "
         "margin: raise graceful_timeout or lower those timeouts"
     )
+
+
+def test_decimal_timeouts_that_fit_exactly_fit() -> None:
+    """2.7 + 5.4 in floating point is a hair over 8.1, what graceful_timeout=9 leaves."""
+    assert lifecycle_with(2.7, 5.4).plan("terminate", graceful_timeout=9).fits
+
+
+def test_a_reload_that_drops_the_setting_gives_the_lifecycle_its_own_timeout_back() -> None:
+    """With --preload the master's lifecycle lives on across reloads: nothing is lost."""
+    lifecycle = lifecycle_with(None, default=8.0)
+    graceful_plans(lifecycle, Settings.load({}, {"GRACEFUL_SHUTDOWN_CALLBACK_TIMEOUT": "3"})[0], 30)
+    assert lifecycle.default_timeout == 3.0
+    (plan, *_) = graceful_plans(lifecycle, Settings.load({}, {})[0], 30)
+    assert plan.callbacks[0].timeout == 8.0 and lifecycle.callback_timeout == 8.0
 
 
 def test_a_small_graceful_timeout_without_callbacks_fits() -> None:
@@ -150,11 +165,12 @@ def test_plan_invariants(
     explicit = sum(t for t in callback_timeouts if t is not None)
     if explicit <= plan.budget / 2:
         assert plan.drain >= plan.budget / 2 - 1e-6
-    assert plan.fits == (explicit <= plan.budget)
+    assert plan.fits == (explicit <= plan.budget + 1e-9)
     for planned in plan.callbacks:
         assert 0 <= planned.keeps <= planned.timeout + EPSILON
         if plan.fits and planned.explicit:
             assert planned.keeps == planned.timeout
+    assert plan.drain >= plan.budget / 2 - 1e-6 or explicit <= plan.budget + 1e-9
 
 
 @settings(max_examples=200, deadline=None)

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +36,11 @@ class Case:
     graceful_timeout: float | None = None  # None: gunicorn's default, 30 s
     env: dict[str, str] = field(default_factory=dict)
     preload: bool = False
+    extra: tuple[str, ...] = ()
+    workers: int = 1
 
     def args(self) -> list[str]:
-        args = [*GRACEFUL, "-w", "1"]
+        args = [*GRACEFUL, "-w", str(self.workers), *self.extra]
         if self.graceful_timeout is not None:
             args += ["--graceful-timeout", f"{self.graceful_timeout:g}"]
         if self.preload:
@@ -81,6 +84,8 @@ FITS = [
     Case("all-phases-explicit", "before:3 on:2 after:2", 10),
     Case("long-timeout", "on:30 after:20", 60),
     Case("two-seconds", "on:1", 2),
+    Case("decimal-timeouts-fit-exactly", "on:2.7 on:5.4", 9),
+    Case("raw-env-setting", "on on", extra=("-e", "GRACEFUL_SHUTDOWN_CALLBACK_TIMEOUT=1")),
 ]
 
 REJECTED = [
@@ -88,6 +93,7 @@ REJECTED = [
     Case("explicit-sum-over-budget", "on:20 on:10"),
     Case("explicit-over-budget-preload", "on:10", 10, preload=True),
     Case("zero-graceful-timeout-with-a-timeout", "on:1", 0),
+    Case("explicit-over-budget-three-workers", "on:3 on:3", 5, workers=3),
 ]
 
 _PLAN_LINE = re.compile(r"^\s*plan \(terminate\): (.*)$", re.MULTILINE)
@@ -157,23 +163,31 @@ def test_what_check_rejects_does_not_start(gunicorn: Callable[..., Gunicorn], ca
         assert status == 3, log  # gunicorn's WORKER_BOOT_ERROR: "Worker failed to boot."
         ours = [line for line in log.splitlines() if problem in line]
         assert len(ours) == 1 and "[ERROR] graceful_gunicorn: " in ours[0], log
-        assert "Worker failed to boot" in log
+        assert "Reason: Worker failed to boot." in log
+        assert "Traceback" not in log
 
 
-def test_a_reload_that_brings_timeouts_too_long_keeps_serving(
-    gunicorn: Callable[..., Gunicorn], tmp_path: Path
+@pytest.mark.parametrize("config", ["ours", "worker-class-only"])
+def test_a_reload_that_brings_timeouts_too_long_keeps_serving_and_draining(
+    gunicorn: Callable[..., Gunicorn], tmp_path: Path, config: str
 ) -> None:
     """1. a config file with graceful_timeout = 30 and an on_shutdown(timeout=10)
-    2. the file is edited to graceful_timeout = 10 3. SIGHUP 4. SIGTERM.
+    (with graceful_gunicorn.conf, or only its worker class named) 2. the file is
+    edited to graceful_timeout = 5 3. SIGHUP 4. a 1.5 s request 5. SIGTERM.
 
     Result: the new worker logs the problem in one line and serves anyway (a bad
-    reload never takes a serving server down); the master stops with exit 0.
+    reload never takes a serving server down), keeping half of its budget for the
+    drain: the request completes, as on plain gunicorn; the master exits 0.
     """
-    config = tmp_path / "reloaded.conf.py"
-    config.write_text("from graceful_gunicorn.conf import *\ngraceful_timeout = 30\n")
-    server = gunicorn(["-c", str(config), "-w", "1", APP], {"BUDGET_CALLBACKS": "on:10"})
+    head = {
+        "ours": "from graceful_gunicorn.conf import *\n",
+        "worker-class-only": "worker_class = 'graceful_gunicorn.workers.GracefulSync'\n",
+    }[config]
+    path = tmp_path / "reloaded.conf.py"
+    path.write_text(head + "graceful_timeout = 30\n")
+    server = gunicorn(["-c", str(path), "-w", "1", APP], {"BUDGET_CALLBACKS": "on:10"})
     server.wait_ready(workers=1)
-    config.write_text("from graceful_gunicorn.conf import *\ngraceful_timeout = 10\n")
+    path.write_text(head + "graceful_timeout = 5\n")
     server.signal(signal.SIGHUP)
     wait_until(
         lambda: len(re.findall(r"graceful_gunicorn: worker \d+ ready with", server.log())) == 2,
@@ -183,8 +197,15 @@ def test_a_reload_that_brings_timeouts_too_long_keeps_serving(
     log = server.log()
     errors = [line for line in log.splitlines() if "[ERROR]" in line]
     assert len(errors) == 1, log
-    assert "add up to 10s (reason terminate), more than the 9s" in errors[0]
+    assert "add up to 10s (reason terminate), more than the 4.5s" in errors[0]
     assert "this worker serves anyway" in errors[0]
-    assert http_get(server.port, "/hello").status == 200
+    results: list[int | None] = []
+    slow = threading.Thread(
+        target=lambda: results.append(http_get(server.port, "/sleep/1.5").status)
+    )
+    slow.start()
+    wait_until((tmp_path / "sleeping").exists, 10, "the request in the app")
     server.signal(signal.SIGTERM)
     assert server.wait_exit(30) == 0
+    slow.join(10)
+    assert results == [200], server.log()

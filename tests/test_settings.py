@@ -204,6 +204,6 @@ def test_budget_message_uses_the_given_name() -> None:
 
 def test_the_lifecycle_keeps_its_own_callback_timeout_unless_the_setting_is_given() -> None:
     """Lifecycle(callback_timeout=8) is not replaced by the 5 s default."""
-    assert Settings.load({}, {})[0].default_callback_timeout(8.0) == 8.0
-    assert loaded(shutdown_callback_timeout="3").default_callback_timeout(8.0) == 3.0
-    assert Settings.load({"shutdown_callback_timeout": 5}, {})[0].default_callback_timeout(8) == 5
+    assert Settings.load({}, {})[0].given_callback_timeout is None
+    assert loaded(shutdown_callback_timeout="3").given_callback_timeout == 3.0
+    assert Settings.load({"shutdown_callback_timeout": 5}, {})[0].given_callback_timeout == 5

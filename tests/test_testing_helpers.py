@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 from flask import Flask
 
-from graceful_gunicorn import GracefulShutdown
+from graceful_gunicorn import GracefulShutdown, ShutdownContext
 from graceful_gunicorn.live_server import GunicornServer, wait_until
 from graceful_gunicorn.pytest_plugin import StartServer
 from graceful_gunicorn.testing import run_shutdown
@@ -132,3 +133,17 @@ def test_gunicorn_server_kills_what_it_started(tmp_path: Path) -> None:
     assert server.process is not None and server.process.returncode is not None
     for pid in pids[1:]:
         wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists(), 10, f"worker {pid} to go")
+
+
+def test_run_shutdown_plans_as_a_worker_does() -> None:
+    """A quick stop's callbacks get quick_timeout (not the 3 s they asked for)."""
+    app = Flask(__name__)
+    GracefulShutdown(app)
+    durations: list[float] = []
+
+    @app.on_shutdown(timeout=3)  # type: ignore[attr-defined]
+    def slow(ctx: ShutdownContext) -> None:
+        durations.append(ctx.deadline - time.monotonic())
+
+    run_shutdown(app, "quick", quick_timeout=0.5)
+    assert durations[-1] == pytest.approx(0.5, abs=0.1)

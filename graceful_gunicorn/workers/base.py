@@ -90,17 +90,7 @@ class GracefulWorkerMixin(_Base):
         try:
             check_lifecycle_fits(lifecycle, settings, float(self.cfg.graceful_timeout))
         except SettingsError as exc:
-            if state is None or not state.worker_booted:
-                # Before anything was served: stop the server, as an import error does
-                # (the master halts on a worker's WORKER_BOOT_ERROR, arbiter.py reap_workers).
-                self.log.error("graceful_gunicorn: %s", exc)
-                sys.exit(Arbiter.WORKER_BOOT_ERROR)
-            # A reload or a recycle brought it: never take a serving server down.
-            self.log.error(
-                "graceful_gunicorn: %s; this worker serves anyway (the server is already "
-                "serving) and its explicit timeouts are cut in proportion",
-                exc,
-            )
+            self._refuse_or_serve_anyway(state, str(exc))
         if state is not None:
             state.mark_worker_booted()
         lifecycle.readiness.path = settings.readiness_path
@@ -115,6 +105,27 @@ class GracefulWorkerMixin(_Base):
             os.getpid(),
             sum(len(lifecycle.callbacks(phase)) for phase in PHASES),
         )
+
+    def _refuse_or_serve_anyway(self, state: master_state.MasterState | None, problem: str) -> None:
+        """The app's callbacks cannot fit: stop the server, unless it already serves."""
+        # Without our config (a graceful worker class named alone) there is no
+        # shared state: gunicorn's own count tells a first worker from a later one.
+        first_boot = not state.worker_booted if state is not None else self.age <= self.cfg.workers
+        if not first_boot:
+            # A reload or a recycle brought it: never take a serving server down.
+            self.log.error(
+                "graceful_gunicorn: %s; this worker serves anyway (the server is already "
+                "serving), its explicit timeouts cut to half of the budget",
+                problem,
+            )
+            return
+        if state is None or state.claim_boot_failure():
+            # Stop the server, as an import error does: the master halts on a worker's
+            # WORKER_BOOT_ERROR ("Worker failed to boot.", arbiter.py reap_workers).
+            self.log.error("graceful_gunicorn: %s", problem)
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        # A sibling says it and stops the server; this one leaves quietly meanwhile.
+        sys.exit(0)
 
     def run(self) -> None:
         """Serve until told to stop, then wait for the shutdown sequence to end."""

@@ -11,6 +11,7 @@ else a Flask app with ``GracefulShutdown``. Each callback returns at once.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -53,6 +54,13 @@ for number, spec in enumerate(os.environ.get("BUDGET_CALLBACKS", "").split()):
 @flask_app.get("/hello")
 def hello() -> str:
     return "hello\n"
+
+
+@flask_app.get("/sleep/<float:seconds>")
+def sleep(seconds: float) -> str:
+    open("sleeping", "w").close()  # in the server's working directory: the test waits on it
+    time.sleep(min(seconds, 10.0))
+    return "slept\n"
 
 
 def _plain(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
