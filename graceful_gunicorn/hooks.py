@@ -87,6 +87,7 @@ def _install(server: Arbiter) -> None:
             check_report_directory(settings)
         else:
             _warn_if_unwritable(server, settings)
+            _share_report_folder(server)  # a reload may change user/group
         keep_in_force(settings)
     except SettingsError as exc:
         if first_start:
@@ -167,6 +168,24 @@ def _warn_if_unwritable(server: Arbiter, settings: Settings) -> None:
         _log(server).warning("graceful_gunicorn: %s; the report will only be logged", exc)
 
 
+def _share_report_folder(server: Arbiter) -> None:
+    """Let workers that run as gunicorn's ``user``/``group`` write their reports.
+
+    gunicorn chowns its worker temporary files for the same reason
+    (workers/workertmp.py); called at start-up and on each reload.
+    """
+    try:
+        worker_reports.share_with_workers(server.cfg.uid, server.cfg.gid)
+    except OSError as exc:
+        _log(server).error(
+            "graceful_gunicorn: workers running as uid %s, gid %s cannot write their "
+            "shutdown reports (%s); the summary will count them as killed",
+            server.cfg.uid,
+            server.cfg.gid,
+            exc,
+        )
+
+
 def _check_preloaded_app(server: Arbiter) -> None:
     """With ``--preload`` the app is known before the fork: check its callbacks fit."""
     if not server.cfg.preload_app:
@@ -185,6 +204,7 @@ def _take_over_master_signals(server: Arbiter) -> None:
     """Share state with the workers (before the first fork) and handle the stop signals."""
     state = master_state.create()
     worker_reports.create()
+    _share_report_folder(server)
     if MasterStop.install(server, state) is not None:
         _log(server).info(
             "graceful_gunicorn: graceful shutdown on (graceful_timeout=%ss)",

@@ -58,6 +58,7 @@ class MasterStop:
         self._quit: Callable[[], None] = server.handle_quit
         self._hup: Callable[[], None] = server.handle_hup
         self._murder_workers: Callable[[], None] = server.murder_workers
+        self._reap_workers: Callable[[], None] = server.reap_workers
 
     @classmethod
     def install(cls, server: Arbiter, state: master_state.MasterState) -> MasterStop | None:
@@ -71,6 +72,7 @@ class MasterStop:
         server.handle_quit = stop.handle_quit  # type: ignore[method-assign]
         server.handle_hup = stop.handle_hup  # type: ignore[method-assign]
         server.murder_workers = stop.murder_workers  # type: ignore[method-assign]
+        server.reap_workers = stop.reap_workers  # type: ignore[method-assign]
         return stop
 
     @classmethod
@@ -131,6 +133,23 @@ class MasterStop:
             self.log.info("graceful_gunicorn: shutdown_delay over, stopping gracefully")
             self._begin(master_state.STOP_TERMINATE, self._term)
         self._murder_workers()
+
+    def reap_workers(self) -> None:
+        """gunicorn's reap; a worker reaped outside our stop leaves no report behind.
+
+        A worker stopped alone (a quick stop of one worker, a worker timeout)
+        writes its report while the master keeps running; a later worker with
+        the same pid would be counted clean by it. gunicorn calls this from its
+        SIGCHLD handling and from its own ``stop()`` (all versions).
+        """
+        before = set(self.server.WORKERS)
+        try:
+            self._reap_workers()
+        finally:
+            # gunicorn <= 23 reaps in signal context, possibly inside _begin().
+            counted = set(self.record.workers) if self.record is not None else set()
+            if not self._stopping:
+                worker_reports.discard(before - set(self.server.WORKERS) - counted)
 
     def _begin(self, kind: int, gunicorn_handler: Callable[[], None]) -> None:
         if not self._stopping and self.record is not None:
