@@ -224,6 +224,15 @@ class GunicornServer:
         """Send ``sig`` to the master."""
         os.kill(self.pid, sig)
 
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the master and every worker at once, as Ctrl+C in a terminal does.
+
+        One ``killpg``, never a send to the master and then one to each
+        worker: a busy machine can deschedule the sender between two sends,
+        which a real keystroke never does.
+        """
+        os.killpg(self.pid, sig)
+
     def wait_exit(self, timeout: float) -> int:
         """Wait for the master to exit; its exit status. ``AssertionError`` on timeout."""
         if self.process is None:

@@ -15,7 +15,7 @@ import pytest
 from .conftest import WORKER_CLASSES
 from .load import Load
 from .server import Gunicorn, http_get, wait_until
-from .test_shutdown_signals import APP, GRACEFUL, send_in_background, worker_args
+from .test_shutdown_signals import APP, GRACEFUL, worker_args
 
 READY = "/-/ready"
 
@@ -31,6 +31,13 @@ def request(
     response = connection.getresponse()
     response.read()
     return response
+
+
+def request_status(connection: http.client.HTTPConnection) -> int:
+    """The status of the answer to the request already sent on ``connection``."""
+    response = connection.getresponse()
+    response.read()
+    return response.status
 
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
@@ -200,18 +207,27 @@ def test_connections_waiting_in_the_backlog_are_served(
     server = gunicorn([*GRACEFUL, *worker_args(worker_class), "--graceful-timeout", "20", APP])
     server.wait_ready(workers=2)
     keys = [f"q{i}" for i in range(8)]
-    results, threads = send_in_background(server, [f"/hold/{k}" for k in keys])
+    connections = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=60) for _ in keys]
+    for connection, key in zip(connections, keys, strict=True):
+        # Returns once connected and sent: from here on the request waits in a
+        # worker or in the kernel's listen backlog, however busy the machine is.
+        connection.request("GET", f"/hold/{key}")
     # A gthread worker may queue more connections than it has threads.
     wait_until(lambda: len(server.events("entered")) >= 2, 10, "requests in flight")
-    time.sleep(0.3)  # not synchronisation: lets the other connections reach the server
     server.signal(signal.SIGTERM)
     wait_until(lambda: len(server.callbacks("before_shutdown")) == 2, 10, "the stop")
     for key in keys:
         server.release(key)
     assert server.wait_exit(30) == 0
-    for thread in threads:
-        thread.join(10)
-    assert [r.status for r in results] == [200] * 8, [r.error for r in results]
+    results: list[int | str] = []
+    for connection in connections:
+        try:
+            results.append(request_status(connection))
+        except (OSError, http.client.HTTPException) as exc:
+            results.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            connection.close()
+    assert results == [200] * 8
 
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)

@@ -5,6 +5,7 @@ Each scenario is run for the sync, gthread and gevent workers.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -283,10 +284,7 @@ def test_second_sigint_ends_the_worker_at_once(
     )
     server.wait_ready(workers=1)
     (worker,) = server.worker_pids()
-    server.signal(signal.SIGINT)
-    import os
-
-    os.kill(worker, signal.SIGINT)
+    server.signal_group(signal.SIGINT)  # Ctrl+C: one send to the whole group
     wait_until(lambda: server.callbacks("on_shutdown"), 10, "the hanging callback to start")
     time.sleep(0.3)  # a second Ctrl+C is a separate keystroke, not the same group signal
     started = time.monotonic()
