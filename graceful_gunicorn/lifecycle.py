@@ -471,6 +471,15 @@ class ShutdownSequence:
         self.report.requests_drained += max(0, at_start - len(left))
         self.report.requests_abandoned = len(left)
         self.report.phases.append(PhaseResult("drain", duration))
+        if not left and self.lifecycle.in_flight == 0 and ready is not None and not ready():
+            self.log.warning(
+                "graceful_gunicorn: drain deadline passed after %.3fs with no request in "
+                "flight but the server still busy (a connection that sent no whole request); "
+                "%d request(s) completed",
+                duration,
+                at_start,
+            )
+            return False
         if left:
             self.log.warning(
                 "graceful_gunicorn: drain deadline passed after %.3fs with %d request(s) in flight",

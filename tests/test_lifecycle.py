@@ -770,3 +770,17 @@ def test_callbacks_run_in_the_calling_thread_when_no_thread_can_start(
     report = lifecycle.shutdown("quick", timeout=WAIT)
     assert ran == [threading.current_thread().name, "quick"]
     assert report.count("ok") == 2
+
+
+def test_a_drain_that_times_out_with_the_server_busy_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No request in flight, but the server is not done (a silent connection): the
+    drain line says its deadline passed instead of "drain done"."""
+    lifecycle = Lifecycle()
+    sequence = lifecycle.begin_shutdown("terminate", deadline=time.monotonic() + 5)
+    with caplog.at_level("INFO", logger="graceful_gunicorn"):
+        assert not sequence.drain(until=time.monotonic() + 0.1, ready=lambda: False)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("drain deadline passed after" in m and "still busy" in m for m in messages)
+    assert not any("drain done" in m for m in messages)

@@ -355,3 +355,42 @@ def test_idle_and_half_sent_connections_at_sigterm(parity: Parity, worker_class:
     """
     plain, _graceful = parity.run(idle_and_half_sent, ONE_WORKER_ARGS[worker_class], workers=1)
     assert plain.ok_count("half-sent") == 1, f"premise: plain answers 200\n{plain.figures()}"
+
+
+# -- e. a silent connection in the backlog (review defect 8) ---------------------------
+
+#: The longest graceful_gunicorn may take to exit beyond plain gunicorn here: the
+#: silent connection's first-byte wait (1 s) and some room for a busy machine.
+SILENT_EXTRA_SECONDS = 3.0
+
+
+def silent_connection_in_the_backlog(server: Gunicorn) -> list[Outcome]:
+    """1. one sync worker serves a 1.5 s request 2. a connection that sends nothing
+    waits in the backlog behind it 3. SIGTERM."""
+    requests = Requests(server.port, [("held", "/sleep/1.5?key=held")]).start()
+    entered(server, 1)
+    with connect(server.port) as silent:
+        server.signal(signal.SIGTERM)
+        outcomes = requests.outcomes(STOP_TIMEOUT)
+        probe = read_until_closed(silent, "silent", STOP_TIMEOUT)
+        server.wait_exit(STOP_TIMEOUT)
+    return [*outcomes, probe]
+
+
+def test_a_silent_connection_in_the_backlog_does_not_hold_the_sync_worker(
+    parity: Parity,
+) -> None:
+    """1. one sync worker; a held request and, behind it, a connection that sends
+    nothing (a load balancer's pre-opened one) 2. SIGTERM.
+
+    Result: the held request completes on both sides; graceful_gunicorn closes the
+    silent connection without a byte and exits about when plain gunicorn does, not
+    at its drain deadline (14.5 s with this app).
+    """
+    plain, graceful = parity.run(
+        silent_connection_in_the_backlog, ["-k", "sync", "-w", "1"], workers=1
+    )
+    assert graceful.seconds < plain.seconds + SILENT_EXTRA_SECONDS, graceful.figures()
+    assert graceful.ok_count("silent") == 1, graceful.figures()
+    log = graceful.log_path.read_text()
+    assert "drain done" in log and "1 request(s) completed" in log, log

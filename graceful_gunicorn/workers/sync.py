@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import select
 import signal
 import threading
 import time
@@ -13,6 +14,10 @@ from gunicorn.workers.sync import SyncWorker
 from .base import GracefulWorkerMixin
 
 _NOTHING_WAITING = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED)
+
+#: How long a connection taken from the backlog during the drain may take to
+#: send its first byte: a client's request is there on connect.
+BACKLOG_FIRST_BYTE = 1.0
 
 
 # Not named "...SyncWorker": gunicorn silently swaps a worker class whose name
@@ -57,6 +62,13 @@ class GracefulSync(GracefulWorkerMixin, SyncWorker):
                 client.setblocking(True)
                 util.close_on_exec(client)
                 self.notify()
+                wait = min(BACKLOG_FIRST_BYTE, sequence.drain_deadline - time.monotonic())
+                if not select.select([client], [], [], max(0.0, wait))[0]:
+                    # Silent (a load balancer's pre-opened connection, a slowloris): the
+                    # parser would hold this worker until the drain deadline. Plain
+                    # gunicorn resets it when the worker exits; so, sooner, do we.
+                    util.close(client)
+                    continue
                 self.handle(listener, client, addr)
 
     def interrupt_main(self) -> None:
