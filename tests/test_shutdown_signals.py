@@ -5,8 +5,11 @@ Each scenario is run for the sync, gthread and gevent workers.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -292,6 +295,98 @@ def test_second_sigint_ends_the_worker_at_once(
     server.wait_exit(10)
     assert time.monotonic() - started < 3
     assert "second quick stop signal, exiting now" in server.log()
+
+
+# Product defect (issue 13 part 5): a worker takes a repeated SIGQUIT that comes
+# more than SAME_STOP_WINDOW (0.25 s) after the first for a second stop, so the
+# master's own SIGQUIT, late on a busy machine, ends a Ctrl+\ stop at once.
+# Remove the mark with the fix (workers/base.py handle_quit).
+@pytest.mark.xfail(strict=True, reason="product defect: the 0.25 s same-stop window")
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_group_sigquit_is_one_stop_however_late_the_master_passes_it_on(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """Ctrl+\\ (or ``kill -QUIT -PGID``, or an init that forwards signals to the
+    group) gives a worker SIGQUIT twice: once itself, once from the master,
+    whenever the master gets to run. 1. an on_shutdown callback takes 3 s
+    2. the master is stopped (SIGSTOP), as a busy machine may leave it
+    unscheduled 3. SIGQUIT to the group 4. once the worker's callbacks run,
+    a second later, the master continues and passes its SIGQUIT on.
+
+    Result: one quick stop: every callback runs, the worker does not take the
+    master's SIGQUIT for a second stop.
+    """
+    server = gunicorn(
+        [*GRACEFUL, *worker_args(worker_class, workers=1), "--graceful-timeout", "30", APP],
+        {"MISBEHAVE": "slow_quick", "GRACEFUL_QUICK_SHUTDOWN_TIMEOUT": "10"},
+    )
+    server.wait_ready(workers=1)
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        server.signal_group(signal.SIGQUIT)
+        wait_until(lambda: server.callbacks("on_shutdown"), 10, "the worker's quick stop")
+        time.sleep(1)  # the scenario: the master runs late; not synchronisation
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert server.wait_exit(20) == 0
+    assert "second quick stop signal" not in server.log()
+    names = [e["name"] for e in server.callbacks("on_shutdown")]
+    assert names == ["slow-start", "slow-done", "o2", "o1"]
+    assert len(server.callbacks("after_shutdown")) == 1
+
+
+#: tgkill(2) by architecture: a signal for one thread of another process.
+_SYS_TGKILL = {"x86_64": 234, "aarch64": 131}
+
+
+def signal_thread(pid: int, tid: int, sig: int) -> None:
+    """Send ``sig`` to thread ``tid`` of process ``pid`` (Linux only)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_SYS_TGKILL[platform.machine()], pid, tid, sig) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.machine() not in _SYS_TGKILL,
+    reason="tgkill(2) through ctypes: Linux on x86_64 or aarch64",
+)
+@pytest.mark.parametrize(
+    "worker_class",
+    [
+        # Product defect (issue 13 part 5): the sync worker's coordinator reads the
+        # signal wakeup fd but does not wake gunicorn's loop, which waits up to
+        # timeout/2 in select. Remove the mark with the fix (workers/coordinator.py _watch).
+        pytest.param(
+            "sync",
+            marks=pytest.mark.xfail(strict=True, reason="product defect: main loop not woken"),
+        ),
+        "gthread",
+    ],
+)
+def test_quick_signal_taken_by_another_thread_starts_the_stop_at_once(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """The kernel gives a process-directed signal to any thread of the worker
+    that does not block it: it picks another thread than the main one (where
+    Python runs the handler) when the main thread already has a signal pending
+    and is not running, which is what Ctrl+C does on a busy machine (the
+    group's SIGINT and the master's SIGQUIT come together). This test makes it
+    happen every time: 1. an idle worker with --timeout 120 (the sync worker's
+    loop waits up to 60 s in select) 2. SIGINT to one of its other threads.
+
+    Result: the quick stop starts at once (its callbacks run), not when the
+    main loop wakes up by itself. (A gevent worker has no other thread: its
+    coordinator is a greenlet, so the kernel always picks the main thread.)
+    """
+    server = gunicorn([*GRACEFUL, *worker_args(worker_class, workers=1), "--timeout", "120", APP])
+    server.wait_ready(workers=1)
+    (worker,) = server.worker_pids()
+    others = sorted(int(tid) for tid in os.listdir(f"/proc/{worker}/task") if int(tid) != worker)
+    assert others, "the worker has no thread but its main one"
+    signal_thread(worker, others[0], signal.SIGINT)
+    wait_until(lambda: server.callbacks("after_shutdown"), 10, "the quick stop's callbacks")
+    assert [e["reason"] for e in server.callbacks("on_shutdown")] == ["quick", "quick"]
 
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)

@@ -137,6 +137,15 @@ if "slow" in MISBEHAVE:
         record("callback", phase="on_shutdown", name="slow-done")
 
 
+if "slow_quick" in MISBEHAVE:
+
+    @app.on_shutdown(timeout=6)
+    def slow_quick() -> None:
+        record("callback", phase="on_shutdown", name="slow-start")
+        time.sleep(3)
+        record("callback", phase="on_shutdown", name="slow-done")
+
+
 if "hang_quick" in MISBEHAVE:
 
     @app.on_shutdown(timeout=10)
