@@ -11,6 +11,7 @@ answers no request with anything else where plain gunicorn answers 200.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -394,3 +395,83 @@ def test_a_silent_connection_in_the_backlog_does_not_hold_the_sync_worker(
     assert graceful.ok_count("silent") == 1, graceful.figures()
     log = graceful.log_path.read_text()
     assert "drain done" in log and "1 request(s) completed" in log, log
+
+
+# -- f. what some apps do: fork a child, write to the socket themselves -----------------
+
+PLAIN_WSGI_APP = "tests.apps.plain_wsgi_app:app"
+#: How long a worker that a child's signal reached would take to begin its stop:
+#: the window of a negative check (the stop is never logged when all is right).
+NO_STOP_WINDOW = 1.0
+
+
+def get(port: int, path: str, label: str) -> tuple[Outcome, str]:
+    """One GET on a new connection: its outcome and its body's first line."""
+    with connect(port) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: parity\r\n\r\n".encode())
+        answer = read_response(sock)
+    return answer.outcome(label), answer.body.split(b"\n", 1)[0].decode()
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` ended (a zombie that nobody reaped counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def a_forked_child_gets_sigterm(server: Gunicorn) -> list[Outcome]:
+    """1. a request forks a child 2. SIGTERM to the child 3. the worker still serves."""
+    first, worker = get(server.port, "/pid", "pid before")
+    forked, child = get(server.port, "/fork", "fork")
+    os.kill(int(child), signal.SIGTERM)
+    wait_until(partial(gone, int(child)), EVENT_TIMEOUT, "the child to end")
+    time.sleep(NO_STOP_WINDOW)  # a negative check: nothing may happen in this window
+    after, same = get(server.port, "/pid", "same worker after")
+    if same != worker:
+        after = Outcome(after.label, after.status, f"worker {worker} replaced by {same}")
+    if "shutdown started" in server.log():
+        after = Outcome(after.label, after.status, "the worker began to stop")
+    server.signal(signal.SIGTERM)
+    server.wait_exit(STOP_TIMEOUT)
+    return [first, forked, after]
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_a_signal_to_a_forked_child_leaves_the_worker_alone(
+    parity: Parity, worker_class: str
+) -> None:
+    """1. one worker; a request forks a child (as multiprocessing does) 2. SIGTERM
+    to the child.
+
+    Result: on both sides the same worker keeps serving (review defect 6: the
+    child's signal reached the graceful worker's pipe and recycled it).
+    """
+    parity.run(
+        a_forked_child_gets_sigterm, ONE_WORKER_ARGS[worker_class], workers=1, app=PLAIN_WSGI_APP
+    )
+
+
+def a_hijacked_socket(server: Gunicorn) -> list[Outcome]:
+    """1. a request whose app writes its own response and returns ALREADY_HANDLED
+    2. SIGTERM."""
+    hijacked, _ = get(server.port, "/hijack", "hijack")
+    server.signal(signal.SIGTERM)
+    server.wait_exit(STOP_TIMEOUT)
+    return [hijacked]
+
+
+def test_a_socket_hijacking_app_under_gevent(parity: Parity) -> None:
+    """1. one gevent worker; an app writes its response to gunicorn.socket and returns
+    gunicorn's ALREADY_HANDLED 2. SIGTERM.
+
+    Result: answered 200 on both sides, and no request stays counted in flight:
+    graceful_gunicorn exits about when plain gunicorn does (review defect 5: the
+    middleware iterated the sentinel, a TypeError and a 500 onto the socket).
+    """
+    plain, graceful = parity.run(
+        a_hijacked_socket, ONE_WORKER_ARGS["gevent"], workers=1, app=PLAIN_WSGI_APP
+    )
+    assert graceful.seconds < plain.seconds + SILENT_EXTRA_SECONDS, graceful.figures()
