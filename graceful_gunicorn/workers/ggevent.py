@@ -15,6 +15,7 @@ import gevent.event
 import gevent.monkey
 import greenlet
 from gunicorn.workers import ggevent
+from gunicorn.workers.base import Worker
 from gunicorn.workers.ggevent import GeventWorker
 
 from .base import GracefulWorkerMixin
@@ -146,6 +147,19 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
         self._listener_names = {id(s): s.getsockname() for s in self.sockets}
         ggevent.gevent = _StopAwareGevent(self._stop_requested)  # type: ignore[attr-defined]
         super().run()
+
+    def notify(self) -> None:
+        """Tell the master this worker is alive; an orphan still finishes its shutdown.
+
+        gunicorn's gevent ``notify`` calls ``sys.exit`` once the parent changed
+        (the master was killed): from our heartbeat that would end the process in
+        the middle of a callback. Once the shutdown began, only the heartbeat.
+        """
+        graceful = self.graceful
+        if graceful is not None and graceful.requested is not None:
+            Worker.notify(self)
+            return
+        super().notify()
 
     def stop_serving(self, drain_seconds: float) -> None:
         """Stop accepting, and wake gunicorn's loop at once."""

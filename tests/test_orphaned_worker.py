@@ -1,0 +1,45 @@
+"""A worker whose master died finishes its shutdown, then exits (review defect 2)."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import WORKER_CLASSES
+from .server import Gunicorn, wait_until
+from .test_shutdown_signals import APP, GRACEFUL, worker_args
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` ended (a zombie nobody reaped yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_an_orphaned_worker_runs_its_callbacks_to_the_end(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. an on_shutdown callback takes 3 s 2. kill -9 the master.
+
+    Result: the worker notices its parent is gone, stops (reason recycle), runs the
+    slow callback to its end and after_shutdown, then exits. On gevent, gunicorn's
+    heartbeat used to sys.exit() in the middle of the callback.
+    """
+    server = gunicorn(
+        [*GRACEFUL, *worker_args(worker_class, workers=1), APP], {"MISBEHAVE": "slow_quick"}
+    )
+    server.wait_ready(workers=1)
+    (worker,) = server.worker_pids()
+    server.signal(signal.SIGKILL)
+    assert server.wait_exit(10) == -signal.SIGKILL
+    wait_until(lambda: gone(worker), 30, "the orphaned worker to exit")
+    names = [e["name"] for e in server.callbacks()]
+    assert "slow-start" in names and "slow-done" in names, names
+    assert names[-1] == "a1", names  # after_shutdown ran last
+    assert all(e["pid"] == worker for e in server.callbacks())
