@@ -22,7 +22,7 @@ import math
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -139,10 +139,14 @@ class _Outcome:
         self.done = threading.Event()
 
 
-def _call(registration: Registration, ctx: ShutdownContext) -> None:
+AsyncRunner = Callable[[Coroutine[Any, Any, None]], None]
+"""Runs an ``async def`` callback's coroutine to its end: :func:`asyncio.run` by default."""
+
+
+def _call(registration: Registration, ctx: ShutdownContext, run_async: AsyncRunner) -> None:
     result = registration.func(ctx) if registration.takes_context else registration.func()
     if inspect.isawaitable(result):
-        asyncio.run(_bounded(result, ctx))
+        run_async(_bounded(result, ctx))
 
 
 class _DeadlinePassed(Exception):
@@ -174,11 +178,13 @@ def run_callback(
     logger: Log,
     heartbeat: Callable[[], None],
     cut_at: Callable[[], float] | None = None,
+    run_async: AsyncRunner = asyncio.run,
 ) -> CallbackResult:
     """Run one callback until it returns or ``ctx.deadline`` passes; never raise.
 
     ``cut_at`` gives the end of the callback's phase, which may move earlier
-    while the callback runs (a ``SIGINT`` during a graceful stop).
+    while the callback runs (a ``SIGINT`` during a graceful stop); ``run_async``
+    runs an async callback's coroutine.
     """
     outcome = _Outcome()
 
@@ -188,7 +194,7 @@ def run_callback(
 
     def target() -> None:
         try:
-            invoke(lambda: _call(registration, ctx))
+            invoke(lambda: _call(registration, ctx, run_async))
         except BaseException as exc:  # noqa: BLE001 - the policy: nothing escapes
             outcome.error = exc
         finally:

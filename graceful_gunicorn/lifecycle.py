@@ -16,6 +16,7 @@ Flask nor gunicorn.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from .budget import ShutdownPlan, plan_shutdown
 from .callbacks import (
+    AsyncRunner,
     CallbackT,
     Invoker,
     Log,
@@ -85,6 +87,9 @@ class Lifecycle:
         #: graceful worker points it at the master's state).
         self.readiness = Readiness()
         self._invoke = invoke or _call_directly
+        #: How an ``async def`` callback's coroutine runs. The gevent worker runs it
+        #: in a native thread, so that no greenlet serving a request sees its loop.
+        self.run_async: AsyncRunner = asyncio.run
         self._registrations: dict[Phase, list[Registration]] = {p: [] for p in PHASES}
         self._sequence: ShutdownSequence | None = None
 
@@ -400,6 +405,7 @@ class ShutdownSequence:
                     self.log,
                     self.heartbeat,
                     cut_at=callback_end,
+                    run_async=self.lifecycle.run_async,
                 )
             )
         duration = time.monotonic() - started

@@ -475,3 +475,36 @@ def test_a_socket_hijacking_app_under_gevent(parity: Parity) -> None:
         a_hijacked_socket, ONE_WORKER_ARGS["gevent"], workers=1, app=PLAIN_WSGI_APP
     )
     assert graceful.seconds < plain.seconds + SILENT_EXTRA_SECONDS, graceful.figures()
+
+
+# -- g. async callbacks under gevent (review defect 3) -----------------------------------
+
+
+def asyncio_during_async_callbacks(server: Gunicorn) -> list[Outcome]:
+    """1. a request that will call asyncio.run() in 1 s 2. SIGTERM: an async
+    before_shutdown awaits for 2 s meanwhile."""
+    requests = Requests(server.port, [("asyncio", "/asyncio/1.0?key=a")]).start()
+    entered(server, 1)
+    return stop_and_collect(server, requests)
+
+
+def test_async_callbacks_do_not_share_an_event_loop_with_requests_under_gevent(
+    parity: Parity,
+) -> None:
+    """1. one gevent worker; async callbacks: a before_shutdown that awaits 2 s, an
+    on_shutdown that overruns its timeout without yielding, and one after it
+    2. a request in flight calls asyncio.run() during the before_shutdown.
+
+    Result: the request is answered 200, as on plain gunicorn, and the async
+    callback after the overrunning one still runs (its event loop ran in the
+    main thread that every greenlet shares: a 500, then "asyncio.run() cannot be
+    called from a running event loop").
+    """
+    _plain, graceful = parity.run(
+        asyncio_during_async_callbacks,
+        ONE_WORKER_ARGS["gevent"],
+        workers=1,
+        env={"PARITY_CALLBACKS": "async"},
+    )
+    events = (graceful.log_path.parent / "events.jsonl").read_text()
+    assert '"flush_async"' in events, graceful.log_path.read_text()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import gc
 import io
 import socket
 import time
+from collections.abc import Coroutine
 from contextlib import AbstractContextManager
 from types import FrameType
 from typing import Any, cast
@@ -148,6 +151,12 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
         ggevent.gevent = _StopAwareGevent(self._stop_requested)  # type: ignore[attr-defined]
         super().run()
 
+    def load_wsgi(self) -> None:
+        """Load the app; its async callbacks' event loops run in native threads."""
+        super().load_wsgi()
+        assert self.graceful is not None and self.graceful.lifecycle is not None
+        self.graceful.lifecycle.run_async = _run_in_a_native_thread
+
     def notify(self) -> None:
         """Tell the master this worker is alive; an orphan still finishes its shutdown.
 
@@ -203,6 +212,18 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
             if isinstance(obj, greenlet.greenlet) and obj.gr_frame is not None:
                 frames[id(obj)] = obj.gr_frame
         return frames
+
+
+def _run_in_a_native_thread(coroutine: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run`` in one of gevent's native threads, in this greenlet's context.
+
+    asyncio keeps the running loop per OS thread, and every greenlet shares the
+    main one: a loop run here would be "running" for each request that uses
+    asyncio meanwhile (``asyncio.run()`` in a view: a RuntimeError), and one left
+    running by an abandoned callback would fail the next async callback.
+    """
+    context = contextvars.copy_context()  # the app context, for the coroutine's tasks
+    gevent.get_hub().threadpool.apply(context.run, (asyncio.run, coroutine))
 
 
 class _StopAwareGevent:

@@ -4,6 +4,7 @@ shutdown callbacks that were not given a ``timeout=``.
 ``$PARITY_CALLBACKS`` picks them: ``six`` (the default) registers six
 on_shutdown and after_shutdown callbacks, none with a ``timeout=``: at 5 s
 each they once took the whole of gunicorn's default budget from the drain.
+``async`` has async callbacks (one overruns its timeout);
 ``issue`` is the app of issue 13's report, meant for ``--graceful-timeout
 15``: a before_shutdown, three on_shutdown (one with ``timeout=2``) and an
 after_shutdown.
@@ -17,7 +18,8 @@ Routes:
 
 - ``/hello``: a short answer, for loads;
 - ``/sleep/<seconds>?key=K``: answers after ``seconds``;
-- ``/stream/<seconds>?key=K``: streams five chunks over ``seconds``.
+- ``/stream/<seconds>?key=K``: streams five chunks over ``seconds``;
+- ``/asyncio/<seconds>?key=K``: answers after ``seconds`` and an ``asyncio.run()``.
 
 Each body ends with :data:`END`, so that a client can tell a whole body from
 a cut one. Requests with a ``key`` append ``entered`` (when the app starts
@@ -28,6 +30,7 @@ these events, never on bare sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -97,6 +100,17 @@ def stream(seconds: float) -> Response:
     return Response(generate(), mimetype="text/plain")
 
 
+@app.get("/asyncio/<float:seconds>")
+def uses_asyncio(seconds: float) -> str:
+    """A view that runs a coroutine of its own, as libraries with async clients do."""
+    key = request.args.get("key")
+    if key:
+        record("entered", key=key)
+    time.sleep(_seconds(seconds))
+    asyncio.run(asyncio.sleep(0))
+    return "asyncio\n" + END
+
+
 def _callback(phase: str, name: str) -> Callable[[], None]:
     def callback() -> None:
         record("callback", phase=phase, name=name)
@@ -105,7 +119,24 @@ def _callback(phase: str, name: str) -> Callable[[], None]:
     return callback
 
 
-if os.environ.get("PARITY_CALLBACKS", "six") == "issue":
+if os.environ.get("PARITY_CALLBACKS") == "async":
+    # Async callbacks: one awaits while requests are served, one overruns its
+    # timeout without yielding to its loop, one comes after it.
+
+    @graceful.before_shutdown(timeout=3)
+    async def wait_for_scheduler() -> None:
+        record("callback", phase="before_shutdown", name="wait_for_scheduler")
+        await asyncio.sleep(2)
+
+    @graceful.on_shutdown(timeout=2)
+    async def flush_async() -> None:
+        record("callback", phase="on_shutdown", name="flush_async")
+
+    @graceful.on_shutdown(timeout=0.5)
+    async def overruns() -> None:
+        time.sleep(2)  # blocks its loop: the timeout cannot cancel it
+
+elif os.environ.get("PARITY_CALLBACKS", "six") == "issue":
     graceful.before_shutdown(_callback("before_shutdown", "stop_scheduler"))
     graceful.on_shutdown(_callback("on_shutdown", "flush_metrics"))
     graceful.on_shutdown(timeout=2)(_callback("on_shutdown", "flush_buffer"))
