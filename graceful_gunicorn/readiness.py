@@ -75,4 +75,6 @@ class Readiness:
                 *extra,
             ],
         )
+        if self.stopping or self.server_flag[0]:
+            self.close_connection(start_response)  # a probe's connection too
         return [] if method == "HEAD" else [body]

@@ -82,6 +82,32 @@ def test_shutdown_delay_keeps_serving_with_readiness_503(
     assert "shutdown_delay over, stopping gracefully" in server.log()
 
 
+# The sync worker closes every connection after its response anyway.
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_readiness_answers_close_their_connection_while_going_away(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. readiness_path and shutdown_delay=3; a probe's kept-alive connection
+    2. SIGTERM the master 3. the probe asks again on that connection.
+
+    Result: 503 with Connection: close (review defect 16: it stayed kept alive).
+    """
+    server = gunicorn([*GRACEFUL, *worker_args(worker_class, workers=1), APP], delayed(3))
+    server.wait_ready(workers=1)
+    probe = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        ready = request(probe, "GET", READY)
+        assert ready.status == 200 and ready.getheader("Connection", "").lower() != "close"
+        server.signal(signal.SIGTERM)
+        wait_until(lambda: http_get(server.port, READY, 5).status == 503, 5, "readiness 503")
+        stopping = request(probe, "GET", READY)
+    finally:
+        probe.close()
+    assert stopping.status == 503
+    assert stopping.getheader("Connection", "").lower() == "close"
+    assert server.wait_exit(20) == 0
+
+
 def test_second_sigterm_skips_the_delay_and_sigint_stops_quickly(
     gunicorn: Callable[..., Gunicorn],
 ) -> None:
