@@ -59,6 +59,7 @@ class MasterStop:
         self._hup: Callable[[], None] = server.handle_hup
         self._murder_workers: Callable[[], None] = server.murder_workers
         self._reap_workers: Callable[[], None] = server.reap_workers
+        self._kill_workers: Callable[[int], None] = server.kill_workers
 
     @classmethod
     def install(cls, server: Arbiter, state: master_state.MasterState) -> MasterStop | None:
@@ -73,6 +74,7 @@ class MasterStop:
         server.handle_hup = stop.handle_hup  # type: ignore[method-assign]
         server.murder_workers = stop.murder_workers  # type: ignore[method-assign]
         server.reap_workers = stop.reap_workers  # type: ignore[method-assign]
+        server.kill_workers = stop.kill_workers  # type: ignore[method-assign]
         return stop
 
     @classmethod
@@ -162,8 +164,21 @@ class MasterStop:
                 signal.signal(sig, self._relay_quick_stop)
         gunicorn_handler()  # raises StopIteration: gunicorn's loop halts
 
+    def kill_workers(self, sig: int) -> None:
+        """gunicorn signals every worker; a SIGQUIT during a graceful stop makes it quick.
+
+        gunicorn 25 and newer read a SIGINT/SIGQUIT inside their own ``stop()``
+        and send the workers SIGQUIT from there (arbiter.py): the summary must
+        say the stop became quick, as the workers' reports do.
+        """
+        if sig == signal.SIGQUIT and self.record is not None and self.record.reason != "quick":
+            self._record("quick", "SIGQUIT", 0.0)
+            self.state.begin_stop(master_state.STOP_QUICK, time.monotonic())
+        self._kill_workers(sig)
+
     def _relay_quick_stop(self, sig: int, frame: FrameType | None) -> None:
         # Signal context, during gunicorn's stop(): record, then only os.kill.
+        self._record("quick", signal.Signals(sig).name, 0.0)
         self.state.begin_stop(master_state.STOP_QUICK, time.monotonic())
         for pid in list(self.server.WORKERS):
             with suppress(OSError):

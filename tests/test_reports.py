@@ -7,11 +7,15 @@ import os
 import re
 import signal
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .server import Gunicorn, wait_until
+import gunicorn as gunicorn_package
+import pytest
+
+from .server import Gunicorn, http_get, wait_until
 from .test_shutdown_signals import APP, GRACEFUL, worker_args
 
 
@@ -199,3 +203,30 @@ def test_report_file_is_never_written_through_a_symlink(
     assert server.wait_exit(20) == 0
     assert target.read_text() == "keep me\n"
     assert "cannot write shutdown_report_path" in server.log()
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent"])
+def test_a_sigint_during_a_graceful_stop_makes_the_summary_quick(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. a request is held 2. SIGTERM the master 3. once before_shutdown ran,
+    SIGINT the master alone (Ctrl+C during a deploy's stop).
+
+    Result: the workers stop quick, and so does the master's summary (review
+    defect 12: it stayed "terminate, SIGTERM").
+    """
+    server = gunicorn([*GRACEFUL, *worker_args(worker_class, workers=1), APP])
+    server.wait_ready(workers=1)
+    client = threading.Thread(target=http_get, args=(server.port, "/hold/k"), daemon=True)
+    client.start()
+    wait_until(lambda: server.events("entered"), 30, "the held request")
+    server.signal(signal.SIGTERM)
+    wait_until(lambda: server.callbacks("before_shutdown"), 30, "before_shutdown")
+    server.signal(signal.SIGINT)
+    assert server.wait_exit(30) == 0
+    log = server.log()
+    if gunicorn_package.version_info < (25, 0):
+        assert "shutdown summary (quick, SIGTERM+SIGINT)" in log, log
+    else:
+        assert "shutdown summary (quick, SIGTERM+SIGQUIT)" in log, log
+    assert {e["reason"] for e in server.callbacks("on_shutdown")} == {"quick"}
