@@ -297,11 +297,6 @@ def test_second_sigint_ends_the_worker_at_once(
     assert "second quick stop signal, exiting now" in server.log()
 
 
-# Product defect (issue 13 part 5): a worker takes a repeated SIGQUIT that comes
-# more than SAME_STOP_WINDOW (0.25 s) after the first for a second stop, so the
-# master's own SIGQUIT, late on a busy machine, ends a Ctrl+\ stop at once.
-# Remove the mark with the fix (workers/base.py handle_quit).
-@pytest.mark.xfail(strict=True, reason="product defect: the 0.25 s same-stop window")
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_group_sigquit_is_one_stop_however_late_the_master_passes_it_on(
     gunicorn: Callable[..., Gunicorn], worker_class: str
@@ -354,13 +349,7 @@ def signal_thread(pid: int, tid: int, sig: int) -> None:
 @pytest.mark.parametrize(
     "worker_class",
     [
-        # Product defect (issue 13 part 5): the sync worker's coordinator reads the
-        # signal wakeup fd but does not wake gunicorn's loop, which waits up to
-        # timeout/2 in select. Remove the mark with the fix (workers/coordinator.py _watch).
-        pytest.param(
-            "sync",
-            marks=pytest.mark.xfail(strict=True, reason="product defect: main loop not woken"),
-        ),
+        "sync",
         "gthread",
     ],
 )

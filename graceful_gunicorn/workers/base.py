@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -49,11 +48,6 @@ def close_after_response(start_response: Any) -> None:
     force_close = getattr(response, "force_close", None)
     if force_close is not None:
         force_close()
-
-
-#: A quick-stop signal this soon after the first is the same stop, not a second one:
-#: Ctrl+C signals the whole process group, and the master then sends SIGQUIT too.
-SAME_STOP_WINDOW = 0.25
 
 
 class GracefulWorkerMixin(_Base):
@@ -164,12 +158,11 @@ class GracefulWorkerMixin(_Base):
                 # Ctrl+C's SIGINT and the master relaying it as SIGQUIT, in either order
                 graceful.quick_signals.add(sig)
                 return
-            if time.monotonic() - graceful.quick_at < SAME_STOP_WINDOW:
-                return  # the same keystroke, delivered twice
+            if sig == signal.SIGQUIT and graceful.take_master_relay():
+                return  # Ctrl+\ (SIGQUIT to the group) and the master's own SIGQUIT
             os.write(2, b"graceful_gunicorn: second quick stop signal, exiting now\n")
             os._exit(0)
         graceful.quick_signals.add(sig)
-        graceful.quick_at = time.monotonic()
         graceful.request("quick", signal.Signals(sig).name)
 
     def handle_abort(self, sig: int, frame: FrameType | None) -> None:
@@ -192,6 +185,13 @@ class GracefulWorkerMixin(_Base):
         super().handle_exit(signal.SIGTERM, None)
         try:
             os.write(self.PIPE[1], b".")  # wakes the sync worker's select()
+        except OSError:
+            pass
+
+    def wake_main_loop(self) -> None:
+        """Wake gunicorn's loop (its select), so the main thread runs pending signal handlers."""
+        try:
+            os.write(self.PIPE[1], b".")
         except OSError:
             pass
 

@@ -48,6 +48,7 @@ class StoppableWorker(Protocol):
     log: Logger
 
     def notify(self) -> None: ...
+    def wake_main_loop(self) -> None: ...
     def stop_serving(self, drain_seconds: float) -> None: ...
     def interrupt_main(self) -> None: ...
     def release_idle_connections(self) -> None: ...
@@ -84,7 +85,8 @@ class WorkerShutdown:
         self.requested_at = 0.0
         #: The SIGINT/SIGQUIT signals this worker got; only one it already had is a second stop.
         self.quick_signals: set[int] = set()
-        self.quick_at = 0.0
+        #: Whether a repeated SIGQUIT was taken for the master's relay of a quick stop.
+        self._master_relay_taken = False
         self.sequence: ShutdownSequence | None = None
         #: Set once the callbacks are over.
         self.done = threading.Event()
@@ -149,6 +151,22 @@ class WorkerShutdown:
                 self.requested = reason
                 self.signal_name = signal_name
         self._wake()
+
+    def take_master_relay(self) -> bool:
+        """Whether a SIGQUIT this worker already had may be the master's (once per stop).
+
+        A stopping master sends its workers one SIGQUIT when it gets SIGINT or
+        SIGQUIT (gunicorn < 25: one per signal, through ``_relay_quick_stop``),
+        after it recorded its stop. A SIGQUIT sent to the whole process group
+        (Ctrl+\\, ``kill -QUIT -PGID``, an init that forwards to the group) thus
+        reaches a worker twice, however late the master runs on a busy machine.
+        SIGINT never comes from the master: a repeated SIGINT is always a second stop.
+        """
+        state = master_state.current()
+        if self._master_relay_taken or state is None or state.stop_kind == master_state.STOP_NONE:
+            return False
+        self._master_relay_taken = True
+        return True
 
     def _wake(self) -> None:
         try:
@@ -232,6 +250,12 @@ class WorkerShutdown:
                     woke = os.read(self._wake_read, 64)
                 except BlockingIOError:
                     woke = b""
+                if woke.replace(b"!", b""):
+                    # A signal's number: its Python handler runs in the main thread,
+                    # which the kernel may have left asleep (the signal landed on
+                    # another thread, as it can when two come at once on a busy
+                    # machine); the wakeup fd gunicorn's loop waits on is ours now.
+                    self.worker.wake_main_loop()
                 if signal.SIGTERM in woke:
                     self.request_after_sigterm()
                 if self._ignored_sigterm:
@@ -374,16 +398,17 @@ class WorkerShutdown:
 
         Python joins non-daemon threads before it exits; one that a callback or
         the app left running (or a hung ``worker_exit`` hook) must not hold the
-        worker until the master's SIGKILL. Half of what is left before that
-        goes to a normal exit; then the ``atexit`` handlers that Python would
-        have run (error trackers and tracing exporters flush there) get the rest,
-        the report says the exit was forced, and the exit status is 1.
+        worker until the master's SIGKILL. It gets ``EXIT_GRACE``, at most until
+        half of the safety margin after the deadline, to exit normally; then the
+        ``atexit`` handlers that Python would have run (error trackers and
+        tracing exporters flush there) get what is left before the SIGKILL, the
+        report says the exit was forced, and the exit status is 1.
         """
         if not self.loop_finished.wait(0.05):
             self.worker.interrupt_main()
-        master_kills_at = sequence.deadline + safety_margin(self.graceful_timeout)
-        now = time.monotonic()
-        give_up_at = min(now + max(0.0, master_kills_at - now) / 2, now + EXIT_GRACE)
+        margin = safety_margin(self.graceful_timeout)
+        master_kills_at = sequence.deadline + margin
+        give_up_at = min(sequence.deadline + margin / 2, time.monotonic() + EXIT_GRACE)
         while time.monotonic() < give_up_at:
             time.sleep(0.05)
         self.worker.log.error(
