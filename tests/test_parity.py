@@ -426,6 +426,8 @@ def a_forked_child_gets_sigterm(server: Gunicorn) -> list[Outcome]:
     """1. a request forks a child 2. SIGTERM to the child 3. the worker still serves."""
     first, worker = get(server.port, "/pid", "pid before")
     forked, child = get(server.port, "/fork", "fork")
+    ready = server.workdir / f"child-{child}.ready"
+    wait_until(ready.exists, EVENT_TIMEOUT, "the child's SIGTERM handler")
     os.kill(int(child), signal.SIGTERM)
     wait_until(partial(gone, int(child)), EVENT_TIMEOUT, "the child to end")
     time.sleep(NO_STOP_WINDOW)  # a negative check: nothing may happen in this window

@@ -1,7 +1,8 @@
 """A plain WSGI app (no graceful_gunicorn in it) that does what some apps do.
 
 - ``/pid``: the serving process's pid;
-- ``/fork``: forks a child that lives until it gets SIGTERM (at most 30 s), answers
+- ``/fork``: forks a child that lives until it gets SIGTERM (at most 30 s; it creates
+  ``child-<pid>.ready`` in the working directory once its handler is in place), answers
   with the child's pid (``multiprocessing`` with fork, or ``os.fork``, as apps use);
 Every body ends with :data:`END`.
 
@@ -26,6 +27,8 @@ END = b"end\n"
 def _child() -> None:
     # Its own handler, as a multiprocessing child's code may have: it ends on SIGTERM.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    # In the server's working directory: the test signals the child only then.
+    open(f"child-{os.getpid()}.ready", "w").close()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         time.sleep(0.05)
