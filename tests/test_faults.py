@@ -80,3 +80,24 @@ def test_a_worker_held_by_a_thread_runs_its_atexit_handlers_and_says_it_was_forc
     assert "1 of 1 worker(s) stopped cleanly" not in log
     assert ", 1 forced to exit;" in log, log
     assert "SIGKILL" not in log
+
+
+def test_atexit_handlers_run_once_when_the_thread_ends_while_they_run(
+    gunicorn: Callable[..., Gunicorn],
+) -> None:
+    """1. an on_shutdown callback leaves a non-daemon thread that ends 2.5 s later;
+    a slow atexit handler (1 s) 2. SIGTERM.
+
+    Result: graceful_gunicorn gives up on a normal exit after 2 s and runs the
+    handler; the thread ends meanwhile and the main thread begins Python's own
+    exit, but the handler still runs once, not twice at the same time.
+    """
+    server = gunicorn(
+        [*GRACEFUL, *worker_args("sync", workers=1), "--graceful-timeout", "10", APP],
+        {"MISBEHAVE": "thread_ends,atexit_slow"},
+    )
+    server.wait_ready(workers=1)
+    (worker,) = server.worker_pids()
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(20) == 0
+    assert [e["pid"] for e in server.events("atexit")] == [worker], server.log()

@@ -42,6 +42,12 @@ if TYPE_CHECKING:
     from gunicorn.glogging import Logger
 
 
+def _hold_the_main_thread() -> None:
+    """An ``atexit`` handler: in the main thread, wait for ``os._exit`` (see below)."""
+    if threading.current_thread() is threading.main_thread():
+        threading.Event().wait()
+
+
 class StoppableWorker(Protocol):
     """What the coordinator needs from a gunicorn worker."""
 
@@ -419,6 +425,10 @@ class WorkerShutdown:
         if self._report is not None:
             with suppress(OSError):
                 worker_reports.write({**self._report, "forced_exit": True})
+        # Registered last, it runs first: should the main thread begin Python's own
+        # exit meanwhile (the thread it waited for ended), it stops here instead of
+        # running every handler a second time beside ours.
+        atexit.register(_hold_the_main_thread)
         handlers = threading.Thread(target=atexit._run_exitfuncs, daemon=True)
         handlers.start()
         handlers.join(

@@ -176,6 +176,26 @@ if "atexit" in MISBEHAVE:
     atexit.register(lambda: record("atexit"))
 
 
+if "atexit_slow" in MISBEHAVE:
+    import atexit
+
+    def slow_exit_handler() -> None:
+        record("atexit")
+        time.sleep(1)
+
+    atexit.register(slow_exit_handler)
+
+
+if "thread_ends" in MISBEHAVE:
+
+    @app.on_shutdown(timeout=1)
+    def leaves_a_thread_that_ends() -> None:
+        import threading
+
+        # Ends while graceful_gunicorn runs the atexit handlers of a worker it gave up on.
+        threading.Thread(target=time.sleep, args=(2.5,), daemon=False).start()
+
+
 if "async_hang" in MISBEHAVE:
 
     @app.on_shutdown(timeout=1)
