@@ -15,8 +15,8 @@ from .base import GracefulWorkerMixin
 
 _NOTHING_WAITING = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED)
 
-#: How long a connection taken from the backlog during the drain may take to
-#: send its first byte: a client's request is there on connect.
+#: How long the connections taken from the backlog during the drain may take,
+#: together, to send their first byte: a client's request is there on connect.
 BACKLOG_FIRST_BYTE = 1.0
 
 
@@ -51,6 +51,9 @@ class GracefulSync(GracefulWorkerMixin, SyncWorker):
         sequence = graceful.sequence if graceful is not None else None
         if sequence is None or sequence.quick:
             return
+        # One window for all of them: a client's request is there on connect, and
+        # twenty silent connections must not cost twenty seconds.
+        first_bytes_by = time.monotonic() + BACKLOG_FIRST_BYTE
         for listener in self.sockets:
             while time.monotonic() < sequence.drain_deadline and not sequence.quick:
                 try:
@@ -62,7 +65,7 @@ class GracefulSync(GracefulWorkerMixin, SyncWorker):
                 client.setblocking(True)
                 util.close_on_exec(client)
                 self.notify()
-                wait = min(BACKLOG_FIRST_BYTE, sequence.drain_deadline - time.monotonic())
+                wait = min(first_bytes_by, sequence.drain_deadline) - time.monotonic()
                 if not select.select([client], [], [], max(0.0, wait))[0]:
                     # Silent (a load balancer's pre-opened connection, a slowloris): the
                     # parser would hold this worker until the drain deadline. Plain
