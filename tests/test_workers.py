@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 
 from graceful_gunicorn.workers.gthread import GracefulThread
@@ -20,3 +22,62 @@ def test_gthread_keep_flag_reads_false_in_a_thread_that_never_set_it() -> None:
         assert seen == [False]
     finally:
         finishing.keep = False
+
+
+def test_a_worker_belongs_to_the_generation_it_was_made_in() -> None:
+    """The master makes the worker object before the fork; a SIGHUP between that and
+    the worker's own start must not move the worker to the new generation (its
+    reload's SIGTERM would read as a recycle, and reasons= filters pick wrong)."""
+    from gunicorn.config import Config
+
+    from graceful_gunicorn import master_state
+    from graceful_gunicorn.workers.sync import GracefulSync
+
+    state = master_state.create()
+    before = state.generation
+    worker = GracefulSync(1, os.getpid(), [], None, 30, Config(), _NullLog())
+    state.next_generation()  # the SIGHUP, before the worker installs its signals
+    worker.PIPE = list(os.pipe())  # made by gunicorn's init_process, just before
+    for fd in worker.PIPE:
+        os.set_blocking(fd, False)
+    try:
+        worker.init_signals()
+        assert worker.graceful is not None
+        assert worker.graceful.generation == before
+        assert worker.graceful.term_reason() == "reload"
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGABRT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        worker.tmp.close()
+        state._lock.close()
+        master_state._current = None
+
+
+class _NullLog:
+    def __getattr__(self, name: str) -> object:
+        return lambda *args, **kwargs: None
+
+
+def test_a_coordinator_that_fails_lets_the_worker_exit() -> None:
+    """A recycling worker's main thread waits for ``done``: a coordinator that dies
+    outside its sequence must still set it, and log why."""
+    from graceful_gunicorn.workers.coordinator import WorkerShutdown
+
+    logged: list[str] = []
+
+    class Worker:
+        class log:  # noqa: N801 - gunicorn's logger, as the coordinator uses it
+            @staticmethod
+            def exception(message: str, *args: object) -> None:
+                logged.append(message % args)
+
+    shutdown = WorkerShutdown(Worker(), 30.0)  # type: ignore[arg-type]
+
+    def broken() -> None:
+        raise RuntimeError("broken")
+
+    shutdown._watch_and_run = broken  # type: ignore[method-assign]
+    shutdown._watch()
+    assert shutdown.done.is_set()
+    assert logged == ["graceful_gunicorn: the shutdown coordinator failed"]

@@ -60,10 +60,13 @@ class GracefulWorkerMixin(_Base):
         # Runs in the master before the fork: nothing process-wide here.
         super().__init__(*args, **kwargs)
         self.graceful: WorkerShutdown | None = None
+        state = master_state.current()
+        #: The reload generation the master made this worker in.
+        self.generation = state.generation if state is not None else 0
 
     def init_signals(self) -> None:
         """Create the coordinator first: our handlers need it."""
-        self.graceful = WorkerShutdown(self, float(self.cfg.graceful_timeout))
+        self.graceful = WorkerShutdown(self, float(self.cfg.graceful_timeout), self.generation)
         super().init_signals()
         state = master_state.current()
         if state is not None and state.stop_kind != master_state.STOP_NONE:

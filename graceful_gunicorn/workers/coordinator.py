@@ -79,12 +79,19 @@ REASON_SETTLE = 0.2
 class WorkerShutdown:
     """Coordinates the shutdown of one worker process."""
 
-    def __init__(self, worker: StoppableWorker, graceful_timeout: float) -> None:
+    def __init__(
+        self, worker: StoppableWorker, graceful_timeout: float, generation: int | None = None
+    ) -> None:
         self.worker = worker
         #: gunicorn's graceful_timeout as configured (the worker's copy is shortened later).
         self.graceful_timeout = graceful_timeout
         state = master_state.current()
-        self.generation = state.generation if state is not None else 0
+        #: The master's reload generation this worker belongs to: read by the master
+        #: when it made the worker, before the fork (a SIGHUP right after the fork
+        #: must not make this worker take its own reload's SIGTERM for a recycle).
+        self.generation = (
+            generation if generation is not None else (state.generation if state is not None else 0)
+        )
         self.lifecycle: Lifecycle | None = None
         self.settings = Settings()
         self.requested: Reason | None = None
@@ -247,6 +254,14 @@ class WorkerShutdown:
         signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
 
     def _watch(self) -> None:
+        try:
+            self._watch_and_run()
+        except BaseException:
+            # Never leave the main thread waiting for a shutdown that cannot come.
+            self.worker.log.exception("graceful_gunicorn: the shutdown coordinator failed")
+            self.done.set()
+
+    def _watch_and_run(self) -> None:
         while True:
             while self.requested is None:
                 select.select([self._wake_read], [], [], 1.0)
@@ -332,6 +347,8 @@ class WorkerShutdown:
             plan=plan,
         )
         self.sequence = sequence
+        # An abort comes from the master's timeout: tell it at once that we are alive.
+        self.worker.notify()
         if self.requested in QUICK_REASONS and not sequence.quick:
             # a quick signal came while the sequence was being created
             sequence.escalate(time.monotonic() + self._escalated_budget())
