@@ -67,7 +67,7 @@ def test_a_coordinator_that_fails_lets_the_worker_exit() -> None:
     logged: list[str] = []
 
     class Worker:
-        class log:  # noqa: N801 - gunicorn's logger, as the coordinator uses it
+        class log:  # gunicorn's logger, as the coordinator uses it
             @staticmethod
             def exception(message: str, *args: object) -> None:
                 logged.append(message % args)
