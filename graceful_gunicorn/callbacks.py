@@ -98,6 +98,9 @@ class Registration:
     reasons: frozenset[str] | None
     takes_context: bool
     name: str
+    #: Runs it in its own app's context, when it differs from its lifecycle's
+    #: (one lifecycle for several apps: see ``Lifecycle.combine``).
+    invoke: Invoker | None = None
 
     @classmethod
     def create(
@@ -194,7 +197,7 @@ def run_callback(
 
     def target() -> None:
         try:
-            invoke(lambda: _call(registration, ctx, run_async))
+            (registration.invoke or invoke)(lambda: _call(registration, ctx, run_async))
         except BaseException as exc:  # noqa: BLE001 - the policy: nothing escapes
             outcome.error = exc
         finally:

@@ -72,6 +72,7 @@ class GracefulShutdown:
                 "or init_app(app) once per app"
             )
         lifecycle = Lifecycle(invoke=_in_app_context(app))
+        lifecycle.name = app.name
         app.extensions[EXTENSION_KEY] = lifecycle
         app.wsgi_app = lifecycle.wrap(app.wsgi_app)  # type: ignore[method-assign]
         for name in ("before_shutdown", "on_shutdown", "after_shutdown"):

@@ -17,11 +17,12 @@ Flask nor gunicorn.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from .budget import ShutdownPlan, plan_shutdown
@@ -35,7 +36,7 @@ from .callbacks import (
     run_callback,
 )
 from .context import PHASES, QUICK_REASONS, REASONS, Phase, Reason, ShutdownContext
-from .middleware import InFlight, InFlightMiddleware
+from .middleware import InFlight, InFlightMiddleware, RequestInfo
 from .readiness import Readiness
 from .report import CallbackResult, PhaseResult, ShutdownReport
 
@@ -92,6 +93,10 @@ class Lifecycle:
         self.run_async: AsyncRunner = asyncio.run
         self._registrations: dict[Phase, list[Registration]] = {p: [] for p in PHASES}
         self._sequence: ShutdownSequence | None = None
+        #: The lifecycles of the apps this one stands for (see :meth:`combine`).
+        self.members: tuple[Lifecycle, ...] = ()
+        #: The app's name in logs (the Flask extension sets the app's ``name``).
+        self.name: str | None = None
 
     # -- registration ---------------------------------------------------------
 
@@ -216,6 +221,30 @@ class Lifecycle:
             margin=margin,
         )
 
+    @classmethod
+    def combine(cls, lifecycles: Sequence[Lifecycle]) -> Lifecycle:
+        """One lifecycle for several apps of one process (a dispatcher mounting apps).
+
+        One sequence and one budget for all of them: the drain waits for every
+        app's requests; each phase runs the apps in the order given (outermost
+        first), each app's callbacks newest first, each in its own app's context.
+        Every app's ``draining`` turns true and its readiness answers 503 when the
+        shutdown begins. A callback without ``timeout=`` gets the first app's
+        default (or the server's ``shutdown_callback_timeout``).
+        """
+        first = lifecycles[0]
+        combined = cls(callback_timeout=first.callback_timeout, invoke=first._invoke)
+        combined.members = tuple(lifecycles)
+        combined.requests = _AllInFlight([member.requests for member in lifecycles])
+        combined.readiness = first.readiness
+        for phase in PHASES:
+            for member in reversed(lifecycles):  # callbacks() reads them backwards
+                combined._registrations[phase].extend(
+                    dataclasses.replace(r, invoke=member._invoke)
+                    for r in member._registrations[phase]
+                )
+        return combined
+
     # -- requests -----------------------------------------------------------------
 
     def wrap(self, app: WSGIApplication) -> InFlightMiddleware:
@@ -262,6 +291,9 @@ class Lifecycle:
                 plan = self.plan(reason, graceful_timeout=left, quick_timeout=left, margin=0.0)
             self._sequence = ShutdownSequence(self, reason, deadline, heartbeat, log, plan)
             self.readiness.stopping = True  # responses close their connections from now on
+            for member in self.members:
+                member._sequence = self._sequence
+                member.readiness.stopping = True
         return self._sequence
 
     def shutdown(
@@ -292,6 +324,22 @@ class Lifecycle:
             plan=plan,
         )
         return sequence.run_all()
+
+
+class _AllInFlight(InFlight):
+    """The requests in flight of several apps, counted as one."""
+
+    def __init__(self, parts: Sequence[InFlight]) -> None:
+        super().__init__()
+        self.parts = list(parts)
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    def snapshot(self) -> list[RequestInfo]:
+        """The requests in flight of every app, oldest first."""
+        every = [request for part in self.parts for request in part.snapshot()]
+        return sorted(every, key=lambda r: -r.seconds)
 
 
 class ShutdownSequence:
@@ -560,31 +608,68 @@ EXTENSION_KEY = "graceful_gunicorn"
 _WRAPPED_APP_ATTRIBUTES = ("wsgi_app", "app", "application", "__wrapped__")
 
 
-def find_lifecycle(app: object, depth: int = 8) -> Lifecycle | None:
-    """Find the lifecycle that ``app`` was set up with, or ``None``.
+#: Where a dispatcher keeps the apps it mounts (werkzeug's DispatcherMiddleware).
+_MOUNTED_APPS_ATTRIBUTES = ("mounts",)
 
-    Looks at ``app.extensions["graceful_gunicorn"]`` (Flask and similar),
-    at :class:`InFlightMiddleware` made by :meth:`Lifecycle.wrap`, and then
-    through the attributes middleware usually keep their application in.
+
+def find_lifecycles(app: object, depth: int = 8) -> list[Lifecycle]:
+    """Every lifecycle ``app`` was set up with, outermost first.
+
+    Looks at ``app.extensions["graceful_gunicorn"]`` (Flask and similar), at
+    :class:`InFlightMiddleware` made by :meth:`Lifecycle.wrap`, through the
+    attributes middleware usually keep their application in, and through
+    the apps a dispatcher mounts (``DispatcherMiddleware(app, {"/api": api})``).
     """
+    found: list[Lifecycle] = []
+    seen: set[int] = set()
+    level = [app]
     for _ in range(depth):
-        if isinstance(app, Lifecycle):
-            return app
-        if isinstance(app, InFlightMiddleware) and isinstance(app.owner, Lifecycle):
-            return app.owner
-        extensions = getattr(app, "extensions", None)
-        if isinstance(extensions, dict):
-            found = extensions.get(EXTENSION_KEY)
-            if isinstance(found, Lifecycle):
-                return found
-        inner = next(
-            (getattr(app, a) for a in _WRAPPED_APP_ATTRIBUTES if getattr(app, a, None) is not None),
-            None,
-        )
-        if inner is None or inner is app:
-            return None
-        app = inner
+        following: list[object] = []
+        for obj in level:
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            lifecycle = _own_lifecycle(obj)
+            if lifecycle is not None and lifecycle not in found:
+                found.append(lifecycle)
+            following.extend(
+                inner
+                for inner in (getattr(obj, a, None) for a in _WRAPPED_APP_ATTRIBUTES)
+                if inner is not None and inner is not obj
+            )
+            for attribute in _MOUNTED_APPS_ATTRIBUTES:
+                mounted = getattr(obj, attribute, None)
+                if isinstance(mounted, dict):
+                    following.extend(mounted.values())
+        if not following:
+            break
+        level = following
+    return found
+
+
+def _own_lifecycle(obj: object) -> Lifecycle | None:
+    if isinstance(obj, Lifecycle):
+        return obj
+    if isinstance(obj, InFlightMiddleware) and isinstance(obj.owner, Lifecycle):
+        return obj.owner
+    extensions = getattr(obj, "extensions", None)
+    if isinstance(extensions, dict):
+        found = extensions.get(EXTENSION_KEY)
+        if isinstance(found, Lifecycle):
+            return found
     return None
 
 
-__all__ = ["EXTENSION_KEY", "Lifecycle", "ShutdownSequence", "find_lifecycle"]
+def find_lifecycle(app: object, depth: int = 8) -> Lifecycle | None:
+    """The lifecycle that ``app`` was set up with, or ``None``.
+
+    With several (apps mounted by a dispatcher), one that combines them
+    (:meth:`Lifecycle.combine`): every app's callbacks run, in one sequence.
+    """
+    found = find_lifecycles(app, depth)
+    if not found:
+        return None
+    return found[0] if len(found) == 1 else Lifecycle.combine(found)
+
+
+__all__ = ["EXTENSION_KEY", "Lifecycle", "ShutdownSequence", "find_lifecycle", "find_lifecycles"]

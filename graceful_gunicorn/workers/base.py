@@ -90,17 +90,23 @@ class GracefulWorkerMixin(_Base):
             self._refuse_or_serve_anyway(state, str(exc))
         if state is not None:
             state.mark_worker_booted()
-        lifecycle.readiness.path = settings.readiness_path
-        if state is not None:
-            lifecycle.readiness.server_flag = state.flag
-            lifecycle.readiness.standalone = False
-        lifecycle.readiness.close_connection = close_after_response
+        for each in (lifecycle, *lifecycle.members):  # every app a dispatcher mounts
+            each.readiness.path = settings.readiness_path
+            if state is not None:
+                each.readiness.server_flag = state.flag
+                each.readiness.standalone = False
+            each.readiness.close_connection = close_after_response
         assert self.graceful is not None  # created in init_signals, which runs first
         self.graceful.attach(lifecycle, settings)
+        apps = ""
+        if lifecycle.members:
+            names = ", ".join(m.name or "unnamed" for m in lifecycle.members)
+            apps = f" of {len(lifecycle.members)} apps ({names})"
         self.log.info(
-            "graceful_gunicorn: worker %s ready with %d shutdown callback(s)",
+            "graceful_gunicorn: worker %s ready with %d shutdown callback(s)%s",
             os.getpid(),
             sum(len(lifecycle.callbacks(phase)) for phase in PHASES),
+            apps,
         )
 
     def _refuse_or_serve_anyway(self, state: master_state.MasterState | None, problem: str) -> None:
