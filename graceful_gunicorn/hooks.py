@@ -58,11 +58,20 @@ def on_reload(server: Arbiter) -> None:
 
 
 def on_exit(server: Arbiter) -> None:
-    """Master, last: the shutdown summary and JSON report."""
-    stop = MasterStop.of(server)
-    if stop is not None:
-        stop.report()
-    worker_reports.remove()
+    """Master, last: the shutdown summary and JSON report, then the workers' folder goes.
+
+    Nothing here stops the rest: a failing summary is logged with its
+    traceback, the folder is removed anyway, and a user's own ``on_exit``
+    (chained after this one) still runs.
+    """
+    try:
+        stop = MasterStop.of(server)
+        if stop is not None:
+            stop.report()
+    except Exception:  # noqa: BLE001 - logged with its traceback; the rest must run
+        _log(server).exception("graceful_gunicorn: the shutdown summary failed")
+    finally:
+        worker_reports.remove()
 
 
 _OUR_HOOKS: dict[str, tuple[int, Callable[..., None]]] = {

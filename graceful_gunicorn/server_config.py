@@ -18,7 +18,7 @@ from gunicorn.config import Config
 from .budget import GRACEFUL_REASONS, ShutdownPlan
 from .lifecycle import Lifecycle
 from .settings import Settings, SettingsError
-from .summary import UnsafeReportPath, open_report_folder
+from .summary import UnsafeReportPath, check_report_path
 
 #: gunicorn's stock worker classes and the graceful subclass that replaces each.
 GRACEFUL_WORKERS = {
@@ -131,12 +131,15 @@ def check_lifecycle_fits(lifecycle: Lifecycle, settings: Settings, graceful_time
 
 
 def check_report_directory(settings: Settings) -> None:
-    """Raise :class:`SettingsError` if the JSON report could never be written safely.
+    """Raise :class:`SettingsError` if the JSON report could never be saved safely.
 
     Checked when the master starts, so that the report is not lost at the
-    end: the folder must exist, be writable, be reached without a symlink and
-    be one that no other user can write to (see
-    :func:`graceful_gunicorn.summary.open_report_folder`).
+    end: the folder must exist and be writable, pass the rule of
+    :func:`graceful_gunicorn.summary.open_report_folder` (no folder that
+    anyone can write to, nothing on the way that belongs to a user other
+    than root or the master's), and the path must name a regular file or
+    nothing yet (:func:`graceful_gunicorn.summary.check_report_path`). The
+    error is one line: the setting, what is wrong with which real path, the fix.
     """
     path = settings.shutdown_report_path
     if path is None:
@@ -151,12 +154,8 @@ def check_report_directory(settings: Settings) -> None:
             f"shutdown_report_path={path!r}: the directory {directory!r} is not writable"
         )
     try:
-        os.close(open_report_folder(path))
+        check_report_path(path)
     except UnsafeReportPath as exc:
-        raise SettingsError(
-            f"shutdown_report_path={path!r}: {exc}; use a folder that only the server's "
-            "user can write to, reached without a symlink, e.g. one made with "
-            "'install -d -m 700 /var/lib/myapp' (not /tmp)"
-        ) from None
+        raise SettingsError(f"shutdown_report_path={path!r}: {exc}; {exc.fix}") from None
     except OSError as exc:
         raise SettingsError(f"shutdown_report_path={path!r}: {exc}") from None

@@ -2,23 +2,29 @@
 
 When the master exits (gunicorn's ``on_exit`` hook), it reads the report of
 each worker it stopped (see :mod:`graceful_gunicorn.worker_reports`); a
-worker without a report was killed or crashed on the way out, and one whose
-report says ``"forced_exit": true`` finished its sequence but had to be
-ended with ``os._exit`` (counted as forced, not clean).
+worker without a report, or with one that is not what a worker writes
+(:func:`report_problem`), was killed or crashed on the way out, and one
+whose report says ``"forced_exit": true`` finished its sequence but had to
+be ended with ``os._exit`` (counted as forced, not clean).
 
 The file named by ``shutdown_report_path`` is never written in place: the
 report goes into a new file in the same folder (random name, created
-exclusively, mode 0600), which is then renamed over the path. The folder is
-reached one component at a time without following any symlink, and must be
-one that no other user can write to (:func:`open_report_folder`); the
-master checks it at start-up and again when it saves.
+exclusively, mode 0600), which is then renamed over the path. Only a file
+bind-mounted at the path (Docker ``-v``, a Kubernetes ``subPath``), which
+cannot be renamed over, is written in place, once it is confirmed a regular
+file. The folder is reached one component at a time, following a symlink
+only when root or the master's user owns it, and must be one that no other
+user can use to replace the report (:func:`open_report_folder`); the master
+checks it at start-up (:func:`check_report_path`) and again when it saves.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import pwd
 import secrets
 import stat
 import time
@@ -32,7 +38,10 @@ OUTCOMES = ("ok", "error", "timeout", "skipped")
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_PATH (Linux): a folder the master may only search (x, not r) is walked too.
 _WALK = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+#: In place, into a file bind-mounted at the path: never a FIFO's wait, never a symlink.
+_IN_PLACE = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: Symlinks followed on the way to the report's folder, at most (the kernel's own limit).
+_MAX_SYMLINKS = 40
 
 
 @dataclass
@@ -47,24 +56,108 @@ class MasterStopRecord:
     workers: list[int] = field(default_factory=list)
 
 
-def build(record: MasterStopRecord, reports: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
-    """The summary of a server's shutdown as JSON-ready data."""
-    reported = [pid for pid in record.workers if pid in reports]
-    forced = [pid for pid in reported if reports[pid].get("forced_exit") is True]
+def _count(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _seconds(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (math.isfinite(value) and value >= 0)
+    )
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _text_or_none(value: object) -> bool:
+    return value is None or isinstance(value, str)
+
+
+#: What a worker writes (:meth:`graceful_gunicorn.report.ShutdownReport.as_dict`),
+#: key by key; a key may be missing, never of another type.
+_REPORT_FIELDS = {
+    "reason": _text,
+    "pid": _count,
+    "in_flight_at_start": _count,
+    "requests_drained": _count,
+    "requests_abandoned": _count,
+    "duration": _seconds,
+}
+_CALLBACK_FIELDS = {
+    "name": _text,
+    "phase": _text,
+    "outcome": lambda value: value in OUTCOMES,
+    "duration": _seconds,
+    "error": _text_or_none,
+}
+_PHASE_FIELDS = {
+    "name": _text,
+    "duration": _seconds,
+    "skipped": lambda value: isinstance(value, bool),
+}
+
+
+def _bad_field(item: Mapping[str, Any], fields: Mapping[str, Any]) -> str | None:
+    for key, fits in fields.items():
+        if key in item and not fits(item[key]):
+            return f"{key}={item[key]!r:.60}"
+    return None
+
+
+def report_problem(report: object) -> str | None:
+    """What is wrong with a worker's report, or ``None`` when it is one a worker writes.
+
+    Counts are ints >= 0, durations finite numbers >= 0, names strings,
+    ``callbacks`` and ``phases`` lists of objects, each outcome one of
+    :data:`OUTCOMES` (``NaN`` is read as the text ``"NaN"``, so it fails
+    as any text in a number's place). A key may be missing; extra keys are kept.
+    """
+    if not isinstance(report, Mapping):
+        return f"not a JSON object: {report!r:.60}"
+    bad = _bad_field(report, _REPORT_FIELDS)
+    if bad is not None:
+        return bad
+    for key, fields in (("callbacks", _CALLBACK_FIELDS), ("phases", _PHASE_FIELDS)):
+        items = report.get(key, [])
+        if not isinstance(items, list):
+            return f"{key} is not a list: {items!r:.60}"
+        for item in items:
+            if not isinstance(item, Mapping):
+                return f"{key} holds {item!r:.60}, not an object"
+            bad = _bad_field(item, fields)
+            if bad is not None:
+                return f"{key}: {bad}"
+    return None
+
+
+def build(record: MasterStopRecord, reports: Mapping[int, Any]) -> dict[str, Any]:
+    """The summary of a server's shutdown as JSON-ready data.
+
+    A report with a :func:`report_problem` counts as none: its worker was killed.
+    """
+    usable = {pid: r for pid, r in reports.items() if report_problem(r) is None}
+    reported = [pid for pid in record.workers if pid in usable]
+    forced = [pid for pid in reported if usable[pid].get("forced_exit") is True]
     clean = [pid for pid in reported if pid not in forced]
-    killed = [pid for pid in record.workers if pid not in reports]
-    workers = {"stopped": len(record.workers), "clean": len(clean), "killed": len(killed)}
-    if forced:
-        workers["forced"] = len(forced)
+    killed = [pid for pid in record.workers if pid not in usable]
+    workers = {
+        "stopped": len(record.workers),
+        "clean": len(clean),
+        "killed": len(killed),
+        "forced": len(forced),
+    }
     callbacks = {outcome: 0 for outcome in OUTCOMES}
     drained = abandoned = 0
-    for report in reports.values():
-        drained += int(report.get("requests_drained", 0))
-        abandoned += int(report.get("requests_abandoned", 0))
+    for pid in reported:
+        report = usable[pid]
+        drained += report.get("requests_drained", 0)
+        abandoned += report.get("requests_abandoned", 0)
         for callback in report.get("callbacks", []):
-            outcome = callback.get("outcome")
-            if outcome in callbacks:
-                callbacks[outcome] += 1
+            if "outcome" in callback:
+                callbacks[callback["outcome"]] += 1
     return {
         "event": "graceful_gunicorn.shutdown",
         "reason": record.reason,
@@ -73,9 +166,10 @@ def build(record: MasterStopRecord, reports: Mapping[int, Mapping[str, Any]]) ->
         "duration": round(time.monotonic() - record.signalled_at, 3),
         "workers": workers,
         "killed_pids": killed,
+        "forced_pids": forced,
         "requests": {"drained": drained, "abandoned": abandoned},
         "callbacks": callbacks,
-        "worker_reports": [dict(reports[pid]) for pid in reported],
+        "worker_reports": [dict(usable[pid]) for pid in reported],
     }
 
 
@@ -94,55 +188,158 @@ def summary_line(summary: Mapping[str, Any]) -> str:
 
 
 class UnsafeReportPath(OSError):
-    """``shutdown_report_path`` is in a folder the report must not be written to."""
+    """``shutdown_report_path`` names a place the report must not be written to.
+
+    ``fix`` says in a few words what the operator can do.
+    """
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(problem)
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _master_user() -> str:
+    uid = os.geteuid()
+    try:
+        return f"{pwd.getpwuid(uid).pw_name!r}, uid {uid}"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _folder_fix() -> str:
+    return (
+        f"use a folder owned by root or the master's user ({_master_user()}) that is not "
+        "world-writable, reached only through folders and symlinks of those users, e.g. "
+        "one made with 'install -d -m 755 /var/lib/myapp' (not /tmp)"
+    )
+
+
+def _trusted(uid: int) -> bool:
+    return uid in (0, os.geteuid())
 
 
 def open_report_folder(path: str) -> int:
-    """A descriptor of the folder of ``path``, reached without following a symlink.
+    """A descriptor of the folder of ``path``, reached one component at a time.
 
-    Raises :class:`UnsafeReportPath` when a component of the folder is a
-    symlink, or when another user can change what the path names: the
-    folder itself is group- or world-writable (sticky or not: ``/tmp`` is
-    refused), or a folder on the way is group- or world-writable without the
-    sticky bit, or one of them belongs to a user other than this one or
-    root. Raises ``OSError`` when a folder does not exist. The caller closes
-    the descriptor.
+    The rule, for the master's user (with gunicorn's ``user``/``group`` the
+    master is root): every folder on the way and the report's own folder
+    belong to root or that user, no folder on the way is world-writable
+    without the sticky bit, and the report's own folder is not world-writable
+    at all (``/tmp`` is refused: anyone could put a file there first).
+    Group-writable folders are accepted (a Kubernetes ``fsGroup`` volume,
+    2775; Ubuntu's ``/var/log``, 0775 root:syslog): the group is trusted to
+    that extent. A symlink on the way (``/var/run`` -> ``/run``, a
+    Capistrano ``current``) is followed when root or that user owns it,
+    and its target is checked by the same rule. Raises
+    :class:`UnsafeReportPath` otherwise, ``OSError`` when a folder does not
+    exist. The caller closes the descriptor.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    parts = [part for part in folder.split(os.sep) if part]
+    fd, _ = _walk(os.path.dirname(os.path.abspath(path)))
+    return fd
+
+
+def _walk(folder: str) -> tuple[int, str]:
+    """``folder``'s descriptor and real path, checked by :func:`open_report_folder`'s rule."""
+    pending = [part for part in reversed(folder.split(os.sep)) if part]
     fd = os.open(os.sep, _WALK)
+    walked = os.sep
+    followed = 0
     try:
-        walked = os.sep
-        _check_folder(fd, walked, last=not parts)
-        for i, part in enumerate(parts):
-            walked = os.path.join(walked, part)
-            try:
-                child = os.open(part, _WALK, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and stat.S_ISLNK(
-                    os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
-                ):
-                    raise UnsafeReportPath(
-                        f"{walked!r} is a symlink (to {os.path.realpath(walked)!r}); "
-                        "the report is never written through one"
-                    ) from None
-                raise
+        _check_folder(fd, walked, last=False)
+        while pending:
+            part = pending.pop()
+            if part == ".":
+                continue
+            if part == "..":
+                child = os.open("..", _WALK, dir_fd=fd)
+                walked = os.path.dirname(walked)
+            else:
+                try:
+                    child = os.open(part, _WALK, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    info = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                    if not stat.S_ISLNK(info.st_mode):
+                        raise
+                    link = os.path.join(walked, part)
+                    if not _trusted(info.st_uid):
+                        raise UnsafeReportPath(
+                            f"the symlink {link!r} belongs to another user (uid {info.st_uid})",
+                            _folder_fix(),
+                        ) from None
+                    followed += 1
+                    if followed > _MAX_SYMLINKS:
+                        raise OSError(errno.ELOOP, "too many symlinks", folder) from None
+                    target = os.readlink(part, dir_fd=fd)
+                    pending.extend(p for p in reversed(target.split(os.sep)) if p)
+                    if os.path.isabs(target):
+                        child, walked = os.open(os.sep, _WALK), os.sep
+                        os.close(fd)
+                        fd = child
+                        _check_folder(fd, walked, last=False)
+                    continue
+                walked = os.path.join(walked, part)
             os.close(fd)
             fd = child
-            _check_folder(fd, walked, last=i == len(parts) - 1)
+            _check_folder(fd, walked, last=False)
+        _check_folder(fd, walked, last=True)
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, walked
 
 
 def _check_folder(fd: int, path: str, *, last: bool) -> None:
     info = os.fstat(fd)
     mode = stat.S_IMODE(info.st_mode)
-    if info.st_uid not in (0, os.geteuid()):
-        raise UnsafeReportPath(f"{path!r} belongs to another user (uid {info.st_uid})")
-    if mode & _OTHERS_WRITE and (last or not mode & stat.S_ISVTX):
-        raise UnsafeReportPath(f"other users can write to {path!r} (mode {mode:04o})")
+    if not _trusted(info.st_uid):
+        raise UnsafeReportPath(
+            f"{path!r} belongs to another user (uid {info.st_uid})", _folder_fix()
+        )
+    if mode & stat.S_IWOTH and (last or not mode & stat.S_ISVTX):
+        where = "the report's folder" if last else "a folder on the way"
+        raise UnsafeReportPath(
+            f"anyone can write to {path!r} (mode {mode:04o}), {where}", _folder_fix()
+        )
+
+
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFLNK: "a symlink",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+}
+_PATH_FIX = "name a regular file, or one that does not exist yet"
+
+
+def check_report_path(path: str) -> None:
+    """Raise :class:`UnsafeReportPath` if the report could never be saved at ``path``.
+
+    The folder must pass :func:`open_report_folder`'s rule, and the path must
+    name a regular file or nothing yet: not a folder (nor end with ``/``), a
+    symlink (the report would replace the link, never what it points to,
+    which is not what whoever made it meant), a FIFO or a device. ``OSError``
+    when a folder does not exist.
+    """
+    name = os.path.basename(path)
+    if name in ("", ".", ".."):
+        raise UnsafeReportPath(f"{path!r} names a folder, not a file", _PATH_FIX)
+    fd, real = _walk(os.path.dirname(os.path.abspath(path)))
+    try:
+        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(info.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        raise UnsafeReportPath(f"{os.path.join(real, name)!r} is {kind}", _PATH_FIX)
 
 
 def save(summary: Mapping[str, Any], path: str) -> None:
@@ -150,11 +347,18 @@ def save(summary: Mapping[str, Any], path: str) -> None:
 
     The report is written to a new file next to ``path`` and renamed over
     it: a file already there (another user's too) is replaced, never written
-    into; a symlink, FIFO or folder there is left alone (``OSError``).
+    into; a symlink, FIFO or folder there is left alone (``OSError``). A
+    file bind-mounted at the path (Docker ``-v``, a Kubernetes ``subPath``)
+    cannot be renamed over (``EBUSY``): it is written in place, opened
+    without following a symlink or waiting for a FIFO's reader, once
+    ``fstat`` says it is a regular file.
     """
+    name = os.path.basename(path)
+    if name in ("", ".", ".."):
+        raise UnsafeReportPath(f"{path!r} names a folder, not a file", _PATH_FIX)
+    text = json.dumps(summary, indent=2) + "\n"
     folder = open_report_folder(path)
     try:
-        name = os.path.basename(path)
         with suppress(FileNotFoundError):
             mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
             if not stat.S_ISREG(mode):
@@ -164,11 +368,16 @@ def save(summary: Mapping[str, Any], path: str) -> None:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as file:
                 os.fchmod(file.fileno(), 0o600)
-                json.dump(summary, file, indent=2)
-                file.write("\n")
+                file.write(text)
                 file.flush()
                 os.fsync(file.fileno())
-            os.rename(new, name, src_dir_fd=folder, dst_dir_fd=folder)
+            try:
+                os.rename(new, name, src_dir_fd=folder, dst_dir_fd=folder)
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                _write_in_place(folder, name, text, path)  # a mount point: no rename
+                os.unlink(new, dir_fd=folder)
         except BaseException:
             with suppress(OSError):
                 os.unlink(new, dir_fd=folder)
@@ -177,13 +386,37 @@ def save(summary: Mapping[str, Any], path: str) -> None:
         os.close(folder)
 
 
+def _write_in_place(folder: int, name: str, text: str, path: str) -> None:
+    fd = os.open(name, _IN_PLACE, dir_fd=folder)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EEXIST, "not a regular file, left alone", path)
+        file.truncate(0)
+        file.write(text)
+        file.flush()
+        os.fsync(fd)
+
+
 def report(
     log: Any, record: MasterStopRecord, reports: Mapping[int, Any], path: str | None
 ) -> dict[str, Any]:
-    """Log the summary line and the JSON report; save it to ``path`` if given."""
+    """Log the summary line and the JSON report; save it to ``path`` if given.
+
+    A worker's report that is not one a worker writes gets a warning naming
+    the worker's pid, and the worker counts as killed.
+    """
+    for pid in record.workers:
+        problem = report_problem(reports[pid]) if pid in reports else None
+        if problem is not None:
+            log.warning(
+                "graceful_gunicorn: the shutdown report of worker %s is not valid (%s); "
+                "the worker counts as killed",
+                pid,
+                problem,
+            )
     summary = build(record, reports)
     workers = summary["workers"]
-    level = log.warning if workers["killed"] or workers.get("forced") else log.info
+    level = log.warning if workers["killed"] or workers["forced"] else log.info
     level("graceful_gunicorn: %s", summary_line(summary))
     log.info("graceful_gunicorn: shutdown report %s", json.dumps(summary, separators=(",", ":")))
     if path is not None:
@@ -198,8 +431,10 @@ __all__: Sequence[str] = [
     "MasterStopRecord",
     "UnsafeReportPath",
     "build",
+    "check_report_path",
     "open_report_folder",
     "report",
+    "report_problem",
     "save",
     "summary_line",
 ]

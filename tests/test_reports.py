@@ -15,7 +15,7 @@ from typing import Any
 import gunicorn as gunicorn_package
 import pytest
 
-from .server import Gunicorn, http_get, wait_until
+from .server import BOOT_TIMEOUT, Gunicorn, http_get, wait_until
 from .test_shutdown_signals import APP, GRACEFUL, worker_args
 
 
@@ -51,7 +51,7 @@ def test_report_names_each_callback_outcome(
     saved = json.loads(path.read_text())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert saved == logged_report(server)
-    assert saved["workers"] == {"stopped": 2, "clean": 2, "killed": 0}
+    assert saved["workers"] == {"stopped": 2, "clean": 2, "killed": 0, "forced": 0}
     assert saved["callbacks"] == {"ok": 8, "error": 2, "timeout": 2, "skipped": 0}
     for worker in saved["worker_reports"]:
         outcomes = {c["name"].rsplit(".", 1)[-1]: c["outcome"] for c in worker["callbacks"]}
@@ -130,7 +130,7 @@ def test_summary_counts_a_worker_killed_mid_shutdown(gunicorn: Callable[..., Gun
     assert server.wait_exit(20) == 0
 
     report = logged_report(server)
-    assert report["workers"] == {"stopped": 2, "clean": 1, "killed": 1}
+    assert report["workers"] == {"stopped": 2, "clean": 1, "killed": 1, "forced": 0}
     assert report["killed_pids"] == [victim]
     assert "1 of 2 worker(s) stopped cleanly, 1 killed" in server.log()
     assert [e["pid"] for e in server.callbacks("after_shutdown")] != [victim]
@@ -156,7 +156,7 @@ def test_summary_counts_a_worker_that_crashed_mid_shutdown(
 
     [crashed] = [e["pid"] for e in server.events("crashing")]
     report = logged_report(server)
-    assert report["workers"] == {"stopped": 2, "clean": 1, "killed": 1}
+    assert report["workers"] == {"stopped": 2, "clean": 1, "killed": 1, "forced": 0}
     assert report["killed_pids"] == [crashed]
     assert [e["pid"] for e in server.callbacks("after_shutdown")] == [
         pid for pid in server.worker_pids() if pid != crashed
@@ -186,9 +186,12 @@ def test_ctrl_c_to_the_whole_group_counts_every_worker_clean(
 def test_report_file_is_never_written_through_a_symlink(
     gunicorn: Callable[..., Gunicorn], tmp_path: Path
 ) -> None:
-    """1. shutdown_report_path is a symlink to another file 2. SIGTERM.
+    """1. shutdown_report_path is a symlink to another file 2. start the master.
 
-    Result: the file it points to is untouched; the error names the setting.
+    Result: it exits 1 before any fork, with one line naming the setting (the
+    report would replace the link, never write where it points, which is not
+    what whoever made the link meant: refused at start-up, review F6, instead of
+    an error at exit); the file it points to is untouched.
     """
     target = tmp_path / "precious.txt"
     target.write_text("keep me\n")
@@ -198,11 +201,10 @@ def test_report_file_is_never_written_through_a_symlink(
         [*GRACEFUL, *worker_args("sync", workers=1), APP],
         {"GRACEFUL_SHUTDOWN_REPORT_PATH": str(link)},
     )
-    server.wait_ready(workers=1)
-    server.signal(signal.SIGTERM)
-    assert server.wait_exit(20) == 0
+    assert server.wait_exit(BOOT_TIMEOUT) == 1
     assert target.read_text() == "keep me\n"
-    assert "cannot write shutdown_report_path" in server.log()
+    assert f"shutdown_report_path={str(link)!r}: {str(link)!r} is a symlink" in server.log()
+    assert "Booting worker" not in server.log()
 
 
 @pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent"])
