@@ -102,6 +102,15 @@ class Gunicorn(GunicornServer):
         return [e for e in self.events("callback") if phase is None or e["phase"] == phase]
 
 
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` ended (a zombie nobody reaped yet counts as ended; Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def print_figure(what: str, seconds: float) -> None:
     """Print a measured time for the record (shown with ``pytest -s``)."""
     test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]

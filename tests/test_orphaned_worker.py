@@ -8,17 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from .conftest import WORKER_CLASSES
-from .server import Gunicorn, wait_until
+from .server import Gunicorn, process_gone, wait_until
 from .test_shutdown_signals import APP, GRACEFUL, worker_args
-
-
-def gone(pid: int) -> bool:
-    """Whether ``pid`` ended (a zombie nobody reaped yet counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
@@ -38,7 +29,7 @@ def test_an_orphaned_worker_runs_its_callbacks_to_the_end(
     (worker,) = server.worker_pids()
     server.signal(signal.SIGKILL)
     assert server.wait_exit(10) == -signal.SIGKILL
-    wait_until(lambda: gone(worker), 30, "the orphaned worker to exit")
+    wait_until(lambda: process_gone(worker), 30, "the orphaned worker to exit")
     names = [e["name"] for e in server.callbacks()]
     assert "slow-start" in names and "slow-done" in names, names
     assert names[-1] == "a1", names  # after_shutdown ran last

@@ -33,7 +33,7 @@ from .parity import (
     read_response,
     read_until_closed,
 )
-from .server import Gunicorn, wait_until
+from .server import Gunicorn, process_gone, wait_until
 
 #: gunicorn's default graceful_timeout: a stop ends within it (plus the master's exit).
 STOP_TIMEOUT = 30 + 10
@@ -417,15 +417,6 @@ def get(port: int, path: str, label: str) -> tuple[Outcome, str]:
     return answer.outcome(label), answer.body.split(b"\n", 1)[0].decode()
 
 
-def gone(pid: int) -> bool:
-    """Whether ``pid`` ended (a zombie that nobody reaped counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 def a_forked_child_gets_sigterm(server: Gunicorn) -> list[Outcome]:
     """1. a request forks a child 2. SIGTERM to the child 3. the worker still serves."""
     first, worker = get(server.port, "/pid", "pid before")
@@ -433,7 +424,7 @@ def a_forked_child_gets_sigterm(server: Gunicorn) -> list[Outcome]:
     ready = server.workdir / f"child-{child}.ready"
     wait_until(ready.exists, EVENT_TIMEOUT, "the child's SIGTERM handler")
     os.kill(int(child), signal.SIGTERM)
-    wait_until(partial(gone, int(child)), EVENT_TIMEOUT, "the child to end")
+    wait_until(partial(process_gone, int(child)), EVENT_TIMEOUT, "the child to end")
     time.sleep(NO_STOP_WINDOW)  # a negative check: nothing may happen in this window
     after, same = get(server.port, "/pid", "same worker after")
     if same != worker:

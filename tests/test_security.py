@@ -270,10 +270,13 @@ def test_worker_report_is_owner_only_and_never_follows_a_symlink(
     target = tmp_path / "target"
     target.write_text("untouched")
     mine.symlink_to(target)
-    with pytest.raises(OSError):
-        worker_reports.write({"pid": os.getpid()})
+    # the worker's rename replaces the link itself: nothing is written through it
+    worker_reports.write({"pid": os.getpid()})
     assert target.read_text() == "untouched"
-    # and the master does not read through it either
+    assert not mine.is_symlink() and stat.S_IMODE(mine.stat().st_mode) == 0o600
+    # and the master does not read through one either
+    mine.unlink()
+    mine.symlink_to(target)
     target.write_text('{"pid": 1}')
     assert worker_reports.collect([os.getpid()]) == {}
 

@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable
 
@@ -16,18 +14,7 @@ from flask import Flask, current_app
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from graceful_gunicorn import GracefulShutdown
-
-EVENTS_FILE = os.environ.get("EVENTS_FILE", os.devnull)
-
-
-def record(event: str, **fields: object) -> None:
-    """Append one event; O_APPEND keeps lines from several processes whole."""
-    line = json.dumps({"event": event, "pid": os.getpid(), "t": time.monotonic(), **fields})
-    fd = os.open(EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
+from tests.apps.events import record
 
 
 def _callback(phase: str, name: str) -> Callable[[], None]:

@@ -8,7 +8,6 @@ test creates ``$RELEASE_DIR/<key>``, so a test decides exactly when they end.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -16,24 +15,14 @@ from collections.abc import Iterator
 from flask import Flask, Response, has_app_context, request
 
 from graceful_gunicorn import GracefulShutdown, ShutdownContext
+from tests.apps.events import record
 
 app = Flask(__name__)
 graceful = GracefulShutdown(app)
 
-EVENTS_FILE = os.environ.get("EVENTS_FILE", os.devnull)
 RELEASE_DIR = os.environ.get("RELEASE_DIR", ".")
 MISBEHAVE = set(filter(None, os.environ.get("MISBEHAVE", "").split(",")))
 HOLD_LIMIT = 60.0
-
-
-def record(event: str, **fields: object) -> None:
-    """Append one event; O_APPEND keeps lines from several processes whole."""
-    line = json.dumps({"event": event, "pid": os.getpid(), "t": time.monotonic(), **fields})
-    fd = os.open(EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 def wait_for_release(key: str) -> None:

@@ -31,7 +31,6 @@ these events, never on bare sleeps.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -39,27 +38,17 @@ from collections.abc import Callable, Iterator
 from flask import Flask, Response, request
 
 from graceful_gunicorn import GracefulShutdown
+from tests.apps.events import record
 
 app = Flask(__name__)
 graceful = GracefulShutdown(app)
 
-EVENTS_FILE = os.environ.get("EVENTS_FILE", os.devnull)
 
 #: The last bytes of every body.
 END = "end\n"
 
 #: The longest a request may ask to take: a stuck test must not hold a worker.
 LONGEST = 30.0
-
-
-def record(event: str, **fields: object) -> None:
-    """Append one event; O_APPEND keeps lines from several processes whole."""
-    line = json.dumps({"event": event, "pid": os.getpid(), "t": time.monotonic(), **fields})
-    fd = os.open(EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 def _seconds(value: float) -> float:
