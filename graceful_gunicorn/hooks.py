@@ -214,7 +214,7 @@ def _take_over_master_signals(server: Arbiter) -> None:
     state = master_state.create()
     worker_reports.create()
     _share_report_folder(server)
-    if MasterStop.install(server, state) is not None:
+    if MasterStop.install(server, state, before_spawn=_install) is not None:
         _log(server).info(
             "graceful_gunicorn: graceful shutdown on (graceful_timeout=%ss)",
             server.cfg.graceful_timeout,

@@ -62,11 +62,29 @@ class MasterStop:
         self._kill_workers: Callable[[int], None] = server.kill_workers
 
     @classmethod
-    def install(cls, server: Arbiter, state: master_state.MasterState) -> MasterStop | None:
-        """Install the handlers on ``server`` (once)."""
+    def install(
+        cls,
+        server: Arbiter,
+        state: master_state.MasterState,
+        before_spawn: Callable[[Arbiter], None] | None = None,
+    ) -> MasterStop | None:
+        """Install the handlers on ``server`` (once).
+
+        ``before_spawn`` runs before each worker is forked: it sets up a config
+        that a reload brought, should a user's hooks shadow every one of ours that
+        gunicorn calls on a reload (``nworkers_changed`` and ``on_reload``).
+        """
         if getattr(server, _INSTALLED, None) is not None:
             return None
         stop = cls(server, state)
+        if before_spawn is not None:
+            spawn = server.spawn_worker
+
+            def spawn_worker() -> Any:
+                before_spawn(server)
+                return spawn()
+
+            server.spawn_worker = spawn_worker  # type: ignore[method-assign]
         object.__setattr__(server, _INSTALLED, stop)
         server.handle_term = stop.handle_term  # type: ignore[method-assign]
         server.handle_int = stop.handle_int  # type: ignore[method-assign]

@@ -122,3 +122,34 @@ def test_reload_with_a_bad_value_keeps_the_previous_settings(
     assert server.wait_exit(30) == 0
     reasons = [(e["name"], e["reason"]) for e in server.callbacks("on_shutdown")]
     assert reasons == [("o2", "reload"), ("o1", "reload"), ("o2", "terminate"), ("o1", "terminate")]
+
+
+def test_a_reload_keeps_graceful_workers_when_the_users_hooks_shadow_ours(
+    gunicorn: Callable[..., Gunicorn], tmp_path: Path
+) -> None:
+    """1. a config file that imports ours and defines its own nworkers_changed and
+    on_reload (not calling ours: the two hooks gunicorn calls on a reload) 2. SIGHUP.
+
+    Result: the reloaded worker is a graceful one too, and both user hooks ran.
+    """
+    config = tmp_path / "shadowing.conf.py"
+    config.write_text(
+        "from graceful_gunicorn.conf import *\n"
+        "def nworkers_changed(server, new_value, old_value):\n"
+        "    server.log.info('USER nworkers_changed')\n"
+        "def on_reload(server):\n"
+        "    server.log.info('USER on_reload')\n"
+    )
+    server = gunicorn(["-c", str(config), "-w", "1", APP])
+    server.wait_ready(workers=1)
+    server.signal(signal.SIGHUP)
+    wait_until(lambda: len(server.worker_pids()) == 2, 30, "the reloaded worker to boot")
+    wait_until(
+        lambda: len(re.findall(r"graceful_gunicorn: worker \d+ ready with", server.log())) == 2,
+        30,
+        "the reloaded worker to be a graceful one",
+    )
+    log = server.log()
+    assert "USER on_reload" in log and "USER nworkers_changed" in log
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(30) == 0
