@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import select
 import signal
+import socket
 import threading
 import time
+from typing import Any
 
 from gunicorn import util
 from gunicorn.workers.sync import SyncWorker
@@ -15,8 +17,8 @@ from .base import GracefulWorkerMixin
 
 _NOTHING_WAITING = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED)
 
-#: How long the connections taken from the backlog during the drain may take,
-#: together, to send their first byte: a client's request is there on connect.
+#: How long a connection taken from the backlog during the drain may take to send
+#: its first byte: a client's request is there on connect, or a moment after.
 BACKLOG_FIRST_BYTE = 1.0
 
 
@@ -46,33 +48,62 @@ class GracefulSync(GracefulWorkerMixin, SyncWorker):
         A sync worker accepts one connection at a time, so when a stop begins,
         clients that connected meanwhile wait in the kernel's backlog; gunicorn
         would leave them there to be reset when the last worker exits.
+
+        Connections are taken one at a time, as gunicorn's loop does, so that
+        the sibling workers share the backlog, and each is served once its
+        request arrives. One that sends nothing for ``BACKLOG_FIRST_BYTE`` (a
+        load balancer's pre-opened connection, a slowloris) is closed without a
+        response, as plain gunicorn resets it at exit: the parser would hold the
+        worker until the drain deadline. Silent ones wait side by side, while
+        the next connections are taken.
         """
         graceful = self.graceful
         sequence = graceful.sequence if graceful is not None else None
         if sequence is None or sequence.quick:
             return
-        # One window for all of them: a client's request is there on connect, and
-        # twenty silent connections must not cost twenty seconds.
-        first_bytes_by = time.monotonic() + BACKLOG_FIRST_BYTE
-        for listener in self.sockets:
-            while time.monotonic() < sequence.drain_deadline and not sequence.quick:
-                try:
-                    client, addr = listener.accept()
-                except OSError as exc:
-                    if exc.errno in _NOTHING_WAITING:
-                        break
-                    raise
-                client.setblocking(True)
-                util.close_on_exec(client)
-                self.notify()
-                wait = min(first_bytes_by, sequence.drain_deadline) - time.monotonic()
-                if not select.select([client], [], [], max(0.0, wait))[0]:
-                    # Silent (a load balancer's pre-opened connection, a slowloris): the
-                    # parser would hold this worker until the drain deadline. Plain
-                    # gunicorn resets it when the worker exits; so, sooner, do we.
-                    util.close(client)
+        pending: dict[socket.socket, tuple[socket.socket, Any, float]] = {}
+        while time.monotonic() < sequence.drain_deadline and not sequence.quick:
+            ready = select.select(list(pending), [], [], 0)[0] if pending else []
+            if not ready and self._take_one(pending):
+                continue  # a new connection: its request is usually there already
+            if not ready:
+                if not pending:
+                    return
+                expires = min(t for _, _, t in pending.values()) + BACKLOG_FIRST_BYTE
+                wait = max(0.0, min(expires, sequence.drain_deadline) - time.monotonic())
+                woke = select.select([*pending, *self.sockets], [], [], wait)[0]
+                ready = [c for c in woke if c in pending]
+                if not ready:
+                    self._close_silent(pending)
                     continue
-                self.handle(listener, client, addr)
+            listener, addr, _ = pending.pop(ready[0])
+            self.notify()
+            self.handle(listener, ready[0], addr)
+        for client in pending:
+            util.close(client)
+
+    def _take_one(self, pending: dict[socket.socket, tuple[socket.socket, Any, float]]) -> bool:
+        """Accept one queued connection, if any (the rest stay for the sibling workers)."""
+        for listener in self.sockets:
+            try:
+                client, addr = listener.accept()
+            except OSError as exc:
+                if exc.errno in _NOTHING_WAITING:
+                    continue
+                raise
+            client.setblocking(True)
+            util.close_on_exec(client)
+            pending[client] = (listener, addr, time.monotonic())
+            return True
+        return False
+
+    @staticmethod
+    def _close_silent(pending: dict[socket.socket, tuple[socket.socket, Any, float]]) -> None:
+        """Close the connections that sent nothing for ``BACKLOG_FIRST_BYTE``."""
+        now = time.monotonic()
+        for client in [c for c, (_, _, t) in pending.items() if now - t >= BACKLOG_FIRST_BYTE]:
+            del pending[client]
+            util.close(client)
 
     def interrupt_main(self) -> None:
         """Serve the request in the main thread no longer: raise SystemExit in it.
