@@ -297,3 +297,27 @@ def test_reloads_and_recycling_under_load_fail_no_request(
     assert failures["reload"][1:] == (0, {})
     assert failures["recycle"][1:] == (0, {})
     assert {e["reason"] for e in recycled()} == {"recycle"}
+
+
+def test_steady_traffic_does_not_hold_a_stopping_sync_worker(
+    gunicorn: Callable[..., Gunicorn],
+) -> None:
+    """1. two sync workers under a steady load of new connections (no shutdown_delay,
+    no load balancer to stop it) 2. SIGTERM.
+
+    Result: each worker serves what was queued when it stopped, not what keeps
+    arriving (plain gunicorn serves none of it): on_shutdown begins within a few
+    seconds, not at the drain deadline (23 s here).
+    """
+    server = gunicorn([*GRACEFUL, *worker_args("sync"), APP])
+    server.wait_ready(workers=2)
+    load = Load(server.port, "/hello", connections=8, max_seconds=40).start()
+    wait_until(lambda: load.result.sent > 200, 20, "the load to run")
+    signalled = time.monotonic()
+    server.signal(signal.SIGTERM)
+    wait_until(lambda: len(server.callbacks("on_shutdown")) >= 4, 40, "both workers' on_shutdown")
+    load.stop()
+    assert server.wait_exit(30) == 0
+    began = max(float(e["t"]) for e in server.callbacks("on_shutdown")) - signalled
+    print(f"on_shutdown began {began:.2f}s after SIGTERM under steady traffic")
+    assert began < 5, f"{began:.1f}s"

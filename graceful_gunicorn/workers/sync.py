@@ -6,6 +6,7 @@ import errno
 import select
 import signal
 import socket
+import struct
 import threading
 import time
 from typing import Any
@@ -24,6 +25,29 @@ BACKLOG_FIRST_BYTE = 1.0
 
 # Not named "...SyncWorker": gunicorn silently swaps a worker class whose name
 # ends so for its stock gthread worker when threads > 1 (GUNICORN.md 4.6).
+def _queued(listeners: list[Any]) -> int | None:
+    """How many connections wait in the listeners' accept queues (Linux), else ``None``.
+
+    ``TCP_INFO`` of a listening socket gives its accept queue's length as
+    ``tcpi_unacked`` (the kernel's ``sk_ack_backlog``), the sixth field.
+    """
+    total = 0
+    for listener in listeners:
+        try:
+            info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+        except (OSError, AttributeError):  # a unix socket, another platform
+            return None
+        (state,) = struct.unpack_from("=B", info, 0)
+        if state != _TCP_LISTEN:
+            return None
+        total += struct.unpack_from("=I", info, 24)[0]
+    return total
+
+
+#: ``TCP_LISTEN`` in Linux's ``tcp_states.h``.
+_TCP_LISTEN = 10
+
+
 class GracefulSync(GracefulWorkerMixin, SyncWorker):
     """gunicorn's sync worker with the graceful shutdown sequence."""
 
@@ -62,16 +86,22 @@ class GracefulSync(GracefulWorkerMixin, SyncWorker):
         if sequence is None or sequence.quick:
             return
         pending: dict[socket.socket, tuple[socket.socket, Any, float]] = {}
+        # What was queued when the stop began; under steady traffic more keeps
+        # coming, which plain gunicorn never serves, and which would hold the worker
+        # (and on_shutdown) until the drain deadline.
+        left = _queued(self.sockets)
         while time.monotonic() < sequence.drain_deadline and not sequence.quick:
             ready = select.select(list(pending), [], [], 0)[0] if pending else []
-            if not ready and self._take_one(pending):
+            if not ready and (left is None or left > 0) and self._take_one(pending):
+                left = None if left is None else left - 1
                 continue  # a new connection: its request is usually there already
             if not ready:
                 if not pending:
                     return
                 expires = min(t for _, _, t in pending.values()) + BACKLOG_FIRST_BYTE
                 wait = max(0.0, min(expires, sequence.drain_deadline) - time.monotonic())
-                woke = select.select([*pending, *self.sockets], [], [], wait)[0]
+                listeners = self.sockets if left is None or left > 0 else []
+                woke = select.select([*pending, *listeners], [], [], wait)[0]
                 ready = [c for c in woke if c in pending]
                 if not ready:
                     self._close_silent(pending)
