@@ -60,6 +60,7 @@ class MasterStop:
         self._murder_workers: Callable[[], None] = server.murder_workers
         self._reap_workers: Callable[[], None] = server.reap_workers
         self._kill_workers: Callable[[int], None] = server.kill_workers
+        self._kill_worker: Callable[[int, int], None] = server.kill_worker
 
     @classmethod
     def install(
@@ -93,6 +94,7 @@ class MasterStop:
         server.murder_workers = stop.murder_workers  # type: ignore[method-assign]
         server.reap_workers = stop.reap_workers  # type: ignore[method-assign]
         server.kill_workers = stop.kill_workers  # type: ignore[method-assign]
+        server.kill_worker = stop.kill_worker  # type: ignore[method-assign]
         return stop
 
     @classmethod
@@ -193,6 +195,14 @@ class MasterStop:
             self._record("quick", "SIGQUIT", 0.0)
             self.state.begin_stop(master_state.STOP_QUICK, time.monotonic())
         self._kill_workers(sig)
+
+    def kill_worker(self, pid: int, sig: int) -> None:
+        """gunicorn signals one worker: a SIGTERM outside a stop is a recycle (SIGTTOU,
+        fewer workers), recorded first so that the worker need not wait to tell it
+        from a SIGTERM to the whole process group (arbiter.py manage_workers)."""
+        if sig == signal.SIGTERM and not self._stopping:
+            self.state.note_recycle(pid)
+        self._kill_worker(pid, sig)
 
     def _relay_quick_stop(self, sig: int, frame: FrameType | None) -> None:
         # Signal context, during gunicorn's stop(): record, then only os.kill.

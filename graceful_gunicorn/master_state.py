@@ -28,6 +28,9 @@ _LAYOUT = struct.Struct("<BB6xQd")
 # served); one of them failed to boot and stops the server.
 _BOOTED = _LAYOUT.size
 _BOOT_FAILED = _LAYOUT.size + 1
+# Then, written by the master: the pid of the last worker it sent SIGTERM to alone.
+_RECYCLED = struct.Struct("<I")
+_RECYCLED_AT = _LAYOUT.size + 4
 
 
 class MasterState:
@@ -35,7 +38,7 @@ class MasterState:
 
     def __init__(self) -> None:
         # Anonymous and MAP_SHARED: the forked workers see the master's writes.
-        self._map = mmap.mmap(-1, _LAYOUT.size + 2)
+        self._map = mmap.mmap(-1, _RECYCLED_AT + _RECYCLED.size)
         # An unlinked file whose POSIX record lock (per process, unlike flock's,
         # which forked workers would share) makes claim_boot_failure atomic.
         self._lock = tempfile.TemporaryFile()
@@ -80,6 +83,14 @@ class MasterState:
     def mark_worker_booted(self) -> None:
         """Record, from a worker, that it booted (its app loaded and checked)."""
         self._map[_BOOTED] = 1
+
+    def note_recycle(self, pid: int) -> None:
+        """From the master: it is about to send worker ``pid`` a SIGTERM of its own."""
+        _RECYCLED.pack_into(self._map, _RECYCLED_AT, pid & 0xFFFFFFFF)
+
+    def recycled(self, pid: int) -> bool:
+        """Whether the master's last SIGTERM to a single worker went to ``pid``."""
+        return bool(_RECYCLED.unpack_from(self._map, _RECYCLED_AT)[0] == pid)
 
     def claim_boot_failure(self) -> bool:
         """From a worker whose app cannot work: whether it is the one to say so.

@@ -289,3 +289,26 @@ def test_group_sigterm_during_shutdown_delay_keeps_the_workers_serving(
     assert_each_callback_ran_once(server)
     assert {e["reason"] for e in server.callbacks()} == {"terminate"}
     assert [e["name"] for e in server.callbacks("on_shutdown")] == ["o2", "o1"]
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_group_sigterm_is_a_terminate_however_late_the_master_runs(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. the master is stopped (SIGSTOP), as a busy machine may leave it unscheduled
+    2. SIGTERM to the whole process group (systemd's KillMode=control-group)
+    3. a second later the master continues.
+
+    Result: the worker's callbacks run with reason "terminate" (it settled on
+    "recycle" 0.2 s after its own SIGTERM, and terminate-only callbacks were skipped).
+    """
+    server = gunicorn([*GRACEFUL, *worker_args(worker_class, workers=1), APP])
+    server.wait_ready(workers=1)
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        server.signal_group(signal.SIGTERM)
+        time.sleep(1)  # the scenario: the master runs late; not synchronisation
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert server.wait_exit(30) == 0
+    assert {e["reason"] for e in server.callbacks()} == {"terminate"}, server.log()

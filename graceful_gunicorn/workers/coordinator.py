@@ -72,8 +72,10 @@ MASTER_QUICK_LIMIT = 2.0 if gunicorn.version_info >= (25, 0) else None
 
 #: How long a worker waits for the master to explain a SIGTERM it has not
 #: recorded (yet): sent to the whole process group (systemd's default
-#: KillMode, ``kill -TERM -PGID``), it can reach a worker before the master.
-REASON_SETTLE = 0.2
+#: KillMode, ``kill -TERM -PGID``), it can reach a worker long before a busy
+#: master runs. A recycle the master sends (SIGTTOU) is recorded first and
+#: needs no wait; only a SIGTERM sent to the worker by hand waits this long.
+REASON_SETTLE = 2.0
 
 
 class WorkerShutdown:
@@ -293,6 +295,9 @@ class WorkerShutdown:
         """The reason of a SIGTERM once the master explained it; ``None``: ignore it."""
         if not self._reason_unsettled:
             return reason
+        state = master_state.current()
+        if state is not None and state.recycled(os.getpid()):
+            return reason  # the master said so before it sent it
         until = time.monotonic() + REASON_SETTLE
         while time.monotonic() < until:
             requested = self.requested
