@@ -23,7 +23,7 @@ neither Flask nor gunicorn.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .callbacks import Registration
@@ -144,23 +144,27 @@ def plan_shutdown(
     graceful_timeout: float,
     quick_timeout: float,
     margin: float | None = None,
+    timeout_of: Callable[[Registration], float] | None = None,
 ) -> ShutdownPlan:
     """Plan a stop for ``reason``; ``callbacks`` are its on_shutdown and after_shutdown
     callbacks in the order they run.
 
     ``margin`` defaults to :func:`safety_margin` of ``graceful_timeout`` (0 for
-    an in-process shutdown that no master will kill). Never raises: a plan
+    an in-process shutdown that no master will kill); ``timeout_of`` gives each
+    callback's timeout when it is not simply its own or ``default_timeout``. Never raises: a plan
     whose explicit timeouts do not fit gives them half of the budget in
     proportion, and says so in :meth:`ShutdownPlan.problem`.
     """
     margin = safety_margin(graceful_timeout) if margin is None else margin
     available = max(0.0, graceful_timeout - margin)
 
-    def timeout_of(registration: Registration) -> float:
+    def own(registration: Registration) -> float:
+        if timeout_of is not None:
+            return timeout_of(registration)
         return default_timeout if registration.timeout is None else registration.timeout
 
     if reason in QUICK_REASONS:
-        quick = tuple(PlannedCallback(r, timeout_of(r), 0.0) for r in callbacks)
+        quick = tuple(PlannedCallback(r, own(r), 0.0) for r in callbacks)
         return ShutdownPlan(reason, graceful_timeout, margin, min(quick_timeout, available), quick)
     explicit = sum(r.timeout for r in callbacks if r.timeout is not None)
     implicit = sum(1 for r in callbacks if r.timeout is None)
@@ -169,9 +173,9 @@ def plan_shutdown(
     # drain keeps the other half, as plain gunicorn's would keep all of it.
     scale = 1.0 if _fits(explicit, available) else available / 2 / explicit
     pool = max(0.0, available / 2 - explicit * scale)
-    share = min(default_timeout, pool / implicit) if implicit else 0.0
+    share = pool / implicit if implicit else 0.0
     planned = tuple(
-        PlannedCallback(r, timeout_of(r), share if r.timeout is None else r.timeout * scale)
+        PlannedCallback(r, own(r), min(own(r), share) if r.timeout is None else r.timeout * scale)
         for r in callbacks
     )
     return ShutdownPlan(reason, graceful_timeout, margin, available, planned)

@@ -101,6 +101,8 @@ class Registration:
     #: Runs it in its own app's context, when it differs from its lifecycle's
     #: (one lifecycle for several apps: see ``Lifecycle.combine``).
     invoke: Invoker | None = None
+    #: Its own app's default timeout, likewise (``Lifecycle(callback_timeout=...)``).
+    default_timeout: float | None = None
 
     @classmethod
     def create(

@@ -95,6 +95,9 @@ class Lifecycle:
         self._sequence: ShutdownSequence | None = None
         #: The lifecycles of the apps this one stands for (see :meth:`combine`).
         self.members: tuple[Lifecycle, ...] = ()
+        # Each member's registration as this lifecycle runs it, kept (by id, with
+        # the original) so that the plan and the phases see the same objects.
+        self._as_member: dict[int, tuple[Registration, Registration]] = {}
         #: The app's name in logs (the Flask extension sets the app's ``name``).
         self.name: str | None = None
 
@@ -187,6 +190,8 @@ class Lifecycle:
 
     def callbacks(self, phase: Phase, reason: Reason | None = None) -> list[Registration]:
         """The callbacks of ``phase`` in the order they run (newest first)."""
+        if self.members:
+            return self._members_callbacks(phase, reason)
         registered = reversed(self._registrations[phase])
         return [r for r in registered if reason is None or r.applies_to(reason)]
 
@@ -194,6 +199,8 @@ class Lifecycle:
         """The timeout ``registration`` runs with: its own, else the default."""
         if registration.timeout is not None:
             return registration.timeout
+        if self.server_callback_timeout is None and registration.default_timeout is not None:
+            return registration.default_timeout
         return self.default_timeout
 
     @property
@@ -215,6 +222,7 @@ class Lifecycle:
         return plan_shutdown(
             self.callbacks("on_shutdown", reason) + self.callbacks("after_shutdown", reason),
             default_timeout=self.default_timeout,
+            timeout_of=self.timeout_of,
             reason=reason,
             graceful_timeout=graceful_timeout,
             quick_timeout=quick_timeout,
@@ -229,21 +237,40 @@ class Lifecycle:
         app's requests; each phase runs the apps in the order given (outermost
         first), each app's callbacks newest first, each in its own app's context.
         Every app's ``draining`` turns true and its readiness answers 503 when the
-        shutdown begins. A callback without ``timeout=`` gets the first app's
-        default (or the server's ``shutdown_callback_timeout``).
+        shutdown begins. A callback without ``timeout=`` keeps its own app's
+        default (unless the server's ``shutdown_callback_timeout`` is set).
         """
         first = lifecycles[0]
         combined = cls(callback_timeout=first.callback_timeout, invoke=first._invoke)
         combined.members = tuple(lifecycles)
         combined.requests = _AllInFlight([member.requests for member in lifecycles])
         combined.readiness = first.readiness
-        for phase in PHASES:
-            for member in reversed(lifecycles):  # callbacks() reads them backwards
-                combined._registrations[phase].extend(
-                    dataclasses.replace(r, invoke=member._invoke)
-                    for r in member._registrations[phase]
-                )
         return combined
+
+    def _members_callbacks(self, phase: Phase, reason: Reason | None) -> list[Registration]:
+        """The members' callbacks, read now (one registered after boot runs too).
+
+        A callback registered on several apps (one ``GracefulShutdown`` with
+        ``init_app`` on each) runs once, in the first app's context.
+        """
+        found: list[Registration] = []
+        funcs: set[int] = set()
+        for member in self.members:
+            for registration in member.callbacks(phase, reason):
+                if id(registration.func) in funcs:
+                    continue
+                funcs.add(id(registration.func))
+                key = id(registration)
+                kept = self._as_member.get(key)
+                if kept is None or kept[0] is not registration:
+                    as_member = dataclasses.replace(
+                        registration,
+                        invoke=member._invoke,
+                        default_timeout=member.callback_timeout,
+                    )
+                    kept = self._as_member[key] = (registration, as_member)
+                found.append(kept[1])
+        return found
 
     # -- requests -----------------------------------------------------------------
 

@@ -74,3 +74,23 @@ def test_every_app_behind_a_dispatcher_runs_its_callbacks(
         ("api_close", "api"),
     ]
     assert "ready with 4 shutdown callback(s) of 2 apps (frontend, api)" in server.log()
+
+
+def test_a_combined_lifecycle_reads_its_members_when_it_runs() -> None:
+    """A callback registered after the lifecycles were combined (lazily, at the
+    first request) runs; each app keeps its own default timeout; a callback one
+    extension registered on both apps runs once."""
+    outer, inner = Lifecycle(callback_timeout=1), Lifecycle(callback_timeout=8)
+    combined = Lifecycle.combine([outer, inner])
+    ran: list[str] = []
+
+    def shared() -> None:
+        ran.append("shared")
+
+    outer.on_shutdown(shared)
+    inner.on_shutdown(shared)
+    inner.on_shutdown(lambda: ran.append("late"))
+    plan = combined.plan("terminate", graceful_timeout=30)
+    assert sorted(c.timeout for c in plan.callbacks) == [1.0, 8.0]
+    combined.shutdown(timeout=30)
+    assert ran == ["shared", "late"]

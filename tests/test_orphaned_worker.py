@@ -18,7 +18,7 @@ def test_an_orphaned_worker_runs_its_callbacks_to_the_end(
 ) -> None:
     """1. an on_shutdown callback takes 3 s 2. kill -9 the master.
 
-    Result: the worker notices its parent is gone, stops (reason recycle), runs the
+    Result: the worker notices its parent is gone, stops (reason terminate), runs the
     slow callback to its end and after_shutdown, then exits. On gevent, gunicorn's
     heartbeat used to sys.exit() in the middle of the callback.
     """
@@ -34,3 +34,5 @@ def test_an_orphaned_worker_runs_its_callbacks_to_the_end(
     assert "slow-start" in names and "slow-done" in names, names
     assert names[-1] == "a1", names  # after_shutdown ran last
     assert all(e["pid"] == worker for e in server.callbacks())
+    # nothing replaces an orphan: its service goes away (reasons={"terminate"} runs)
+    assert {e["reason"] for e in server.callbacks() if "reason" in e} == {"terminate"}

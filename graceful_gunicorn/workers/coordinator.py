@@ -115,6 +115,7 @@ class WorkerShutdown:
         self.signal_name: str | None = None
         #: The worker process; a child the app forks is not it (see _after_fork_in_child).
         self.pid = os.getpid()
+        self._parent = os.getppid()
         self._wake_read, self._wake_write = os.pipe()
         for fd in (self._wake_read, self._wake_write):
             os.set_blocking(fd, False)
@@ -464,7 +465,8 @@ class WorkerShutdown:
         """Wait (with heartbeats) until the shutdown is over."""
         self.loop_finished.set()
         if self.requested is None:
-            # gunicorn left its loop by itself: max_requests, --reload, parent gone
-            self.request("recycle")
+            # gunicorn left its loop by itself: max_requests, --reload, or its master
+            # is gone (nothing replaces this worker: the service goes away with it)
+            self.request("terminate" if os.getppid() != self._parent else "recycle")
         while not self.done.wait(0.25):
             self.worker.notify()

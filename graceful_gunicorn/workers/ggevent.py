@@ -16,6 +16,7 @@ from typing import Any, cast
 import gevent
 import gevent.event
 import gevent.monkey
+import gevent.threadpool
 import greenlet
 from gunicorn.workers import ggevent
 from gunicorn.workers.base import Worker
@@ -223,7 +224,13 @@ def _run_in_a_native_thread(coroutine: Coroutine[Any, Any, None]) -> None:
     running by an abandoned callback would fail the next async callback.
     """
     context = contextvars.copy_context()  # the app context, for the coroutine's tasks
-    gevent.get_hub().threadpool.apply(context.run, (asyncio.run, coroutine))
+    # A pool of its own: the hub's (10 threads, gevent's DNS resolver's too) must not
+    # run dry when callbacks block in C calls past their timeouts.
+    pool = gevent.threadpool.ThreadPool(1)
+    try:
+        pool.apply(context.run, (asyncio.run, coroutine))
+    finally:
+        pool.kill()
 
 
 class _StopAwareGevent:
