@@ -16,9 +16,9 @@ the master's ``--preload`` check, ``python -m graceful_gunicorn check``,
   keep, so a callback that overruns never eats a later one's time.
 
 A quick stop (``SIGINT``/``SIGQUIT``) or an abort has no drain to protect:
-its callbacks run one after the other within ``quick_shutdown_timeout``,
-each with the smaller of its timeout and what is left. This module imports
-neither Flask nor gunicorn.
+its callbacks share ``quick_shutdown_timeout``, each keeping an equal part of
+it (at most its timeout) for itself. This module imports neither Flask nor
+gunicorn.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class ShutdownPlan:
 
     @property
     def quick(self) -> bool:
-        """A quick stop or abort: no before_shutdown, no drain, no reservations."""
+        """A quick stop or abort: no before_shutdown, no drain."""
         return self.reason in QUICK_REASONS
 
     @property
@@ -117,7 +117,8 @@ class ShutdownPlan:
         """The plan in one line, as the worker logs it and ``check`` prints it."""
         if self.quick:
             return (
-                f"{self.budget:.2f}s for {len(self.callbacks)} callback(s), no drain "
+                f"{self.budget:.2f}s for {len(self.callbacks)} callback(s), no drain, each "
+                f"keeping up to {max((c.keeps for c in self.callbacks), default=0.0):.2f}s "
                 f"(graceful_timeout={self.graceful_timeout:g}, margin {self.margin:g}s)"
             )
         explicit = [c for c in self.callbacks if c.explicit]
@@ -164,8 +165,12 @@ def plan_shutdown(
         return default_timeout if registration.timeout is None else registration.timeout
 
     if reason in QUICK_REASONS:
-        quick = tuple(PlannedCallback(r, own(r), 0.0) for r in callbacks)
-        return ShutdownPlan(reason, graceful_timeout, margin, min(quick_timeout, available), quick)
+        # No drain to protect: the budget is shared by the callbacks, each up to its
+        # timeout, so that a hanging on_shutdown leaves after_shutdown its turn.
+        budget = min(quick_timeout, available)
+        each = budget / len(callbacks) if callbacks else 0.0
+        quick = tuple(PlannedCallback(r, own(r), min(own(r), each)) for r in callbacks)
+        return ShutdownPlan(reason, graceful_timeout, margin, budget, quick)
     explicit = sum(r.timeout for r in callbacks if r.timeout is not None)
     implicit = sum(1 for r in callbacks if r.timeout is None)
     # Explicit timeouts come first. If they cannot all fit (a worker that serves

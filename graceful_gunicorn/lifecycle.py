@@ -399,8 +399,10 @@ class ShutdownSequence:
         self.started = time.monotonic()
         #: Everything must be over by then.
         self.deadline = deadline
-        #: The budget this stop was planned with.
+        #: The budget this stop was planned with (replanned when it turns quick).
         self.plan = plan
+        #: Whether a quick signal cut this graceful stop short.
+        self.escalated = False
         #: The callbacks of phases 2 and 3 keep this much time for themselves.
         self.reserved = min(plan.reserved, max(0.0, deadline - self.started))
         #: The end of phase 1 and of the drain.
@@ -428,10 +430,16 @@ class ShutdownSequence:
         """
         if self.quick:
             return
+        self.escalated = True
         self.reason = "quick"
         self.report.reason = "quick"
         self.deadline = min(self.deadline, deadline)
-        self.drain_deadline = min(self.drain_deadline, time.monotonic())
+        now = time.monotonic()
+        self.drain_deadline = min(self.drain_deadline, now)
+        left = max(0.0, self.deadline - now)
+        self.plan = self.lifecycle.plan(
+            "quick", graceful_timeout=left, quick_timeout=left, margin=0.0
+        )
 
     def remaining(self) -> float:
         """Seconds left until :attr:`deadline` (never negative)."""
@@ -494,15 +502,13 @@ class ShutdownSequence:
     ) -> Callable[[], float]:
         """When ``registration`` must end: in time for what the callbacks after it keep.
 
-        A quick stop keeps nothing for later callbacks (an escalation drops
-        the reservations on the spot).
+        Read on every look: an escalation to a quick stop replans on the spot.
         """
         if phase == "before_shutdown":
             return phase_end
-        keep = self.plan.keep_after(registration)
 
         def end() -> float:
-            return phase_end() if self.quick else min(phase_end(), self.deadline - keep)
+            return min(phase_end(), self.deadline - self.plan.keep_after(registration))
 
         return end
 

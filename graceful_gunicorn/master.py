@@ -195,6 +195,10 @@ class MasterStop:
             self._record("quick", "SIGQUIT", 0.0)
             self.state.begin_stop(master_state.STOP_QUICK, time.monotonic())
         self._kill_workers(sig)
+        if sig == signal.SIGQUIT:
+            # After sending: a worker whose first quick handler ran later had it
+            # merged with the group's SIGQUIT (standard signals do not queue).
+            self.state.note_quick_relay(time.monotonic())
 
     def kill_worker(self, pid: int, sig: int) -> None:
         """gunicorn signals one worker: a SIGTERM outside a stop is a recycle (SIGTTOU,
@@ -211,6 +215,7 @@ class MasterStop:
         for pid in list(self.server.WORKERS):
             with suppress(OSError):
                 os.kill(pid, signal.SIGQUIT)
+        self.state.note_quick_relay(time.monotonic())
 
     def _record(self, reason: str, signal_name: str, delay: float) -> None:
         if self.record is None:

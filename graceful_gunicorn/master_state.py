@@ -28,9 +28,12 @@ _LAYOUT = struct.Struct("<BB6xQd")
 # served); one of them failed to boot and stops the server.
 _BOOTED = _LAYOUT.size
 _BOOT_FAILED = _LAYOUT.size + 1
-# Then, written by the master: the pid of the last worker it sent SIGTERM to alone.
+# Then, written by the master: the pid of the last worker it sent SIGTERM to alone,
+# and when it last passed a quick stop on to its workers (monotonic).
 _RECYCLED = struct.Struct("<I")
 _RECYCLED_AT = _LAYOUT.size + 4
+_RELAYED = struct.Struct("<d")
+_RELAYED_AT = _RECYCLED_AT + _RECYCLED.size
 
 
 class MasterState:
@@ -38,7 +41,7 @@ class MasterState:
 
     def __init__(self) -> None:
         # Anonymous and MAP_SHARED: the forked workers see the master's writes.
-        self._map = mmap.mmap(-1, _RECYCLED_AT + _RECYCLED.size)
+        self._map = mmap.mmap(-1, _RELAYED_AT + _RELAYED.size)
         # An unlinked file whose POSIX record lock (per process, unlike flock's,
         # which forked workers would share) makes claim_boot_failure atomic.
         self._lock = tempfile.TemporaryFile()
@@ -91,6 +94,15 @@ class MasterState:
     def recycled(self, pid: int) -> bool:
         """Whether the master's last SIGTERM to a single worker went to ``pid``."""
         return bool(_RECYCLED.unpack_from(self._map, _RECYCLED_AT)[0] == pid)
+
+    def note_quick_relay(self, at: float) -> None:
+        """From the master: it has just sent its workers SIGQUIT (a quick stop)."""
+        _RELAYED.pack_into(self._map, _RELAYED_AT, at)
+
+    @property
+    def quick_relayed_at(self) -> float:
+        """When the master last sent its workers SIGQUIT (0: never)."""
+        return float(_RELAYED.unpack_from(self._map, _RELAYED_AT)[0])
 
     def claim_boot_failure(self) -> bool:
         """From a worker whose app cannot work: whether it is the one to say so.

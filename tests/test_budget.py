@@ -104,9 +104,12 @@ def test_reasons_filter_what_a_plan_counts() -> None:
     assert lifecycle.plan("reload", graceful_timeout=30).drain == 29
 
 
-def test_a_quick_stop_has_no_drain_and_keeps_nothing_for_later() -> None:
+def test_a_quick_stop_has_no_drain_and_shares_its_budget() -> None:
+    """A hanging on_shutdown(timeout=10) leaves after_shutdown its half."""
     plan = lifecycle_with(10, None).plan("quick", graceful_timeout=30, quick_timeout=2)
-    assert (plan.budget, plan.drain, plan.reserved) == (2.0, 0.0, 0.0)
+    assert (plan.budget, plan.drain) == (2.0, 0.0)
+    assert [c.keeps for c in plan.callbacks] == [1.0, 1.0]
+    assert plan.keep_after(plan.callbacks[0].registration) == 1.0
     assert plan.fits
     # the quick budget never outlives the master's deadline
     assert Lifecycle().plan("abort", graceful_timeout=1, quick_timeout=2).budget == 0.9

@@ -443,3 +443,48 @@ def test_idle_keepalive_connection_does_not_stall_a_recycle(
         idle.close()
     assert {e["reason"] for e in server.callbacks()} == {"recycle"}
     assert "WORKER TIMEOUT" not in server.log()
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_second_group_sigquit_ends_the_worker_at_once(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. an on_shutdown callback hangs with a 10 s timeout 2. Ctrl+\\ (SIGQUIT to
+    the process group) 3. once the callback runs, Ctrl+\\ again.
+
+    Result: the worker exits at once on the second one: the master's own SIGQUIT
+    had merged with the first (signals do not queue), so the second is no relay.
+    (Most runs on a busy machine waited for the 20 s quick budget.)
+    """
+    server = gunicorn(
+        [*GRACEFUL, *worker_args(worker_class, workers=1), "--graceful-timeout", "30", APP],
+        {"MISBEHAVE": "hang_quick", "GRACEFUL_QUICK_SHUTDOWN_TIMEOUT": "20"},
+    )
+    server.wait_ready(workers=1)
+    (worker,) = server.worker_pids()
+    # The worker is held (SIGSTOP) while the group's SIGQUIT and the master's own
+    # reach it, so that they merge into one, as on a busy machine.
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        server.signal_group(signal.SIGQUIT)
+        wait_until(lambda: signal.SIGQUIT in pending_signals(worker), 10, "the group's SIGQUIT")
+        # gunicorn sends its SIGQUIT right after it logs this (arbiter.py stop())
+        wait_until(lambda: "Handling signal: quit" in server.log(), 10, "the master's stop")
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    wait_until(lambda: server.callbacks("on_shutdown"), 10, "the hanging callback to start")
+    started = time.monotonic()
+    server.signal_group(signal.SIGQUIT)
+    server.wait_exit(10)
+    assert time.monotonic() - started < 3
+    assert "second quick stop signal, exiting now" in server.log()
+
+
+def pending_signals(pid: int) -> set[int]:
+    """The signals pending for process ``pid`` (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("ShdPnd:"):
+                mask = int(line.split()[1], 16)
+                return {n for n in range(1, 65) if mask & (1 << (n - 1))}
+    return set()

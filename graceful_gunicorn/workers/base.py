@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -172,6 +173,7 @@ class GracefulWorkerMixin(_Base):
             os.write(2, b"graceful_gunicorn: second quick stop signal, exiting now\n")
             os._exit(0)
         graceful.quick_signals.add(sig)
+        graceful.quick_at = time.monotonic()
         graceful.request("quick", signal.Signals(sig).name)
 
     def handle_abort(self, sig: int, frame: FrameType | None) -> None:

@@ -102,6 +102,8 @@ class WorkerShutdown:
         self.quick_signals: set[int] = set()
         #: Whether a repeated SIGQUIT was taken for the master's relay of a quick stop.
         self._master_relay_taken = False
+        #: When this worker's first quick-stop handler ran (monotonic).
+        self.quick_at = 0.0
         self.sequence: ShutdownSequence | None = None
         #: Set once the callbacks are over.
         self.done = threading.Event()
@@ -180,6 +182,10 @@ class WorkerShutdown:
         """
         state = master_state.current()
         if self._master_relay_taken or state is None or state.stop_kind == master_state.STOP_NONE:
+            return False
+        if state.quick_relayed_at <= self.quick_at:
+            # The master's SIGQUIT went out before this worker's first quick handler
+            # ran: the two were merged (signals do not queue), this is a second stop.
             return False
         self._master_relay_taken = True
         return True
@@ -437,7 +443,9 @@ class WorkerShutdown:
             self.worker.interrupt_main()
         margin = safety_margin(self.graceful_timeout)
         master_kills_at = sequence.deadline + margin
-        give_up_at = min(sequence.deadline + margin / 2, time.monotonic() + EXIT_GRACE)
+        if sequence.reason == "quick" and sequence.lifecycle.in_flight:
+            master_kills_at = self._let_requests_finish(sequence, margin)
+        give_up_at = min(master_kills_at - margin / 2, time.monotonic() + EXIT_GRACE)
         while time.monotonic() < give_up_at:
             time.sleep(0.05)
         self.worker.log.error(
@@ -458,6 +466,37 @@ class WorkerShutdown:
             max(0.0, min(master_kills_at - 0.05, give_up_at + EXIT_GRACE) - time.monotonic())
         )
         os._exit(1)
+
+    def _let_requests_finish(self, sequence: ShutdownSequence, margin: float) -> float:
+        """A quick stop of gthread: let the pool's requests end, as plain gunicorn does.
+
+        gunicorn's gthread worker leaves its quick stop with ``sys.exit``, and
+        Python joins the pool's threads: the requests they serve complete, until
+        the master's own SIGKILL (graceful_timeout after its stop; 2 s after a
+        SIGINT that cut a graceful stop short, gunicorn 25+). The sync and gevent
+        workers end theirs at once, as gunicorn's do. Returns when the master kills.
+        """
+        if sequence.escalated and MASTER_QUICK_LIMIT is not None:
+            return sequence.deadline + margin
+        state = master_state.current()
+        started = self.requested_at
+        if state is not None and state.stop_kind != master_state.STOP_NONE and state.stop_at:
+            started = min(started, state.stop_at)
+        kills_at = started + self.graceful_timeout
+        lifecycle = sequence.lifecycle
+        while lifecycle.in_flight and time.monotonic() < kills_at - margin:
+            time.sleep(0.05)
+        report = self._report
+        if report is not None and lifecycle.in_flight < report["requests_abandoned"]:
+            finished = report["requests_abandoned"] - lifecycle.in_flight
+            self._report = {
+                **report,
+                "requests_abandoned": lifecycle.in_flight,
+                "requests_drained": report["requests_drained"] + finished,
+            }
+            with suppress(OSError):
+                worker_reports.write(self._report)
+        return kills_at
 
     # -- the main thread, after gunicorn's loop returned ------------------------
 
