@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Sequence
@@ -87,6 +88,10 @@ class Gunicorn(GunicornServer):
     ) -> Gunicorn:
         super().wait_ready(workers, path, timeout)
         return self
+
+    def graceful_workers_ready(self) -> int:
+        """How many graceful workers logged that they are ready, so far."""
+        return len(re.findall(r"graceful_gunicorn: worker \d+ ready with", self.log()))
 
     def release(self, key: str) -> None:
         (self.release_dir / key).touch()

@@ -189,11 +189,7 @@ def test_a_reload_that_brings_timeouts_too_long_keeps_serving_and_draining(
     server.wait_ready(workers=1)
     path.write_text(head + "graceful_timeout = 5\n")
     server.signal(signal.SIGHUP)
-    wait_until(
-        lambda: len(re.findall(r"graceful_gunicorn: worker \d+ ready with", server.log())) == 2,
-        30,
-        "the reloaded worker",
-    )
+    wait_until(lambda: server.graceful_workers_ready() == 2, 30, "the reloaded worker")
     log = server.log()
     errors = [line for line in log.splitlines() if "[ERROR]" in line]
     assert len(errors) == 1, log

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -109,11 +108,7 @@ def test_reload_with_a_bad_value_keeps_the_previous_settings(
     server.wait_ready(workers=1)
     config.write_text("from graceful_gunicorn.conf import *\nshutdown_callback_timeout = 'abc'\n")
     server.signal(signal.SIGHUP)
-    wait_until(
-        lambda: len(re.findall(r"graceful_gunicorn: worker \d+ ready with", server.log())) == 2,
-        30,
-        "the reloaded worker",
-    )
+    wait_until(lambda: server.graceful_workers_ready() == 2, 30, "the reloaded worker")
     log = server.log()
     assert "shutdown_callback_timeout must be a number of seconds" in log
     assert "the previous settings stay in force" in log
@@ -145,9 +140,7 @@ def test_a_reload_keeps_graceful_workers_when_the_users_hooks_shadow_ours(
     server.signal(signal.SIGHUP)
     wait_until(lambda: len(server.worker_pids()) == 2, 30, "the reloaded worker to boot")
     wait_until(
-        lambda: len(re.findall(r"graceful_gunicorn: worker \d+ ready with", server.log())) == 2,
-        30,
-        "the reloaded worker to be a graceful one",
+        lambda: server.graceful_workers_ready() == 2, 30, "the reloaded worker to be a graceful one"
     )
     log = server.log()
     assert "USER on_reload" in log and "USER nworkers_changed" in log
