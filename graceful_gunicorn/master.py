@@ -199,6 +199,7 @@ class MasterStop:
             # After sending: a worker whose first quick handler ran later had it
             # merged with the group's SIGQUIT (standard signals do not queue).
             self.state.note_quick_relay(time.monotonic())
+            self.log.info("graceful_gunicorn: quick stop passed on to the workers")
 
     def kill_worker(self, pid: int, sig: int) -> None:
         """gunicorn signals one worker: a SIGTERM outside a stop is a recycle (SIGTTOU,

@@ -53,6 +53,9 @@ class StoppableWorker(Protocol):
 
     log: Logger
 
+    #: Whether gunicorn's own quick stop lets the requests in flight finish (gthread).
+    finishes_requests_on_quick_stop: bool
+
     def notify(self) -> None: ...
     def wake_main_loop(self) -> None: ...
     def stop_serving(self, drain_seconds: float) -> None: ...
@@ -109,6 +112,8 @@ class WorkerShutdown:
         self.done = threading.Event()
         #: Set once gunicorn's own loop has returned in the main thread.
         self.loop_finished = threading.Event()
+        #: Set once the requests a quick stop lets finish are over (and reported).
+        self.requests_settled = threading.Event()
         self._reason_unsettled = False
         self._ignored_sigterm = False
         #: The report this worker handed to the master, if it did.
@@ -183,9 +188,11 @@ class WorkerShutdown:
         state = master_state.current()
         if self._master_relay_taken or state is None or state.stop_kind == master_state.STOP_NONE:
             return False
-        if state.quick_relayed_at <= self.quick_at:
-            # The master's SIGQUIT went out before this worker's first quick handler
-            # ran: the two were merged (signals do not queue), this is a second stop.
+        if 0 < state.quick_relayed_at <= self.quick_at:
+            # The master had sent every worker its SIGQUIT (it notes the time after
+            # the last) before this worker's first quick handler ran: the two were
+            # merged (signals do not queue), this is a second stop. In doubt (the
+            # relay under way), it is the relay: a user can always press again.
             return False
         self._master_relay_taken = True
         return True
@@ -268,6 +275,7 @@ class WorkerShutdown:
         except BaseException:
             # Never leave the main thread waiting for a shutdown that cannot come.
             self.worker.log.exception("graceful_gunicorn: the shutdown coordinator failed")
+            self.requests_settled.set()
             self.done.set()
 
     def _watch_and_run(self) -> None:
@@ -442,9 +450,18 @@ class WorkerShutdown:
         if not self.loop_finished.wait(0.05):
             self.worker.interrupt_main()
         margin = safety_margin(self.graceful_timeout)
+        if sequence.escalated and MASTER_QUICK_LIMIT is not None:
+            margin = safety_margin(MASTER_QUICK_LIMIT)  # the master kills 2 s after the SIGINT
         master_kills_at = sequence.deadline + margin
-        if sequence.reason == "quick" and sequence.lifecycle.in_flight:
-            master_kills_at = self._let_requests_finish(sequence, margin)
+        try:
+            if (
+                sequence.reason == "quick"
+                and self.worker.finishes_requests_on_quick_stop
+                and sequence.lifecycle.in_flight
+            ):
+                master_kills_at = self._let_requests_finish(sequence, margin)
+        finally:
+            self.requests_settled.set()
         give_up_at = min(master_kills_at - margin / 2, time.monotonic() + EXIT_GRACE)
         while time.monotonic() < give_up_at:
             time.sleep(0.05)
@@ -477,7 +494,7 @@ class WorkerShutdown:
         workers end theirs at once, as gunicorn's do. Returns when the master kills.
         """
         if sequence.escalated and MASTER_QUICK_LIMIT is not None:
-            return sequence.deadline + margin
+            return sequence.deadline + margin  # no time to give: the master kills soon
         state = master_state.current()
         started = self.requested_at
         if state is not None and state.stop_kind != master_state.STOP_NONE and state.stop_at:
@@ -509,3 +526,6 @@ class WorkerShutdown:
             self.request("terminate" if os.getppid() != self._parent else "recycle")
         while not self.done.wait(0.25):
             self.worker.notify()
+        # A quick stop of gthread lets the pool finish its requests first: this
+        # thread's exit would end the process before the report says so.
+        self.requests_settled.wait(self.graceful_timeout)
