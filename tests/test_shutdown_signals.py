@@ -519,29 +519,6 @@ def test_one_group_sigquit_runs_every_workers_callbacks(
     assert len(server.callbacks("after_shutdown")) == 2, server.log()
 
 
-def test_a_quick_stop_of_gthread_lets_its_requests_finish_and_says_so(
-    gunicorn: Callable[..., Gunicorn],
-) -> None:
-    """1. one gthread worker holds a request 2. Ctrl+C (SIGINT to the group)
-    3. the request is released.
-
-    Result: it completes 200, as on plain gunicorn (Python joins the pool's
-    threads), and the summary counts it drained, not abandoned.
-    """
-    server = gunicorn([*GRACEFUL, *worker_args("gthread", workers=1), APP])
-    server.wait_ready(workers=1)
-    results, threads = send_in_background(server, ["/hold/q"])
-    wait_until(lambda: server.events("entered"), 10, "the request in flight")
-    server.signal_group(signal.SIGINT)
-    wait_until(lambda: server.callbacks("after_shutdown"), 10, "the quick callbacks")
-    server.release("q")
-    assert server.wait_exit(30) == 0
-    threads[0].join(10)
-    assert results[0].ok, results[0].error
-    assert "shutdown summary (quick, SIGINT" in server.log()
-    assert "1 request(s) drained, 0 abandoned" in server.log().split("shutdown summary")[1]
-
-
 def process_state(pid: int) -> str:
     """The state letter of process ``pid`` (Linux /proc): R, S, T (stopped), Z, ..."""
     with open(f"/proc/{pid}/stat") as stat:

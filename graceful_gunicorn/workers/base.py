@@ -56,9 +56,6 @@ class GracefulWorkerMixin(_Base):
 
     #: Lets graceful_gunicorn recognise its workers (and subclasses of them).
     graceful_gunicorn_worker = True
-    #: Whether gunicorn's own quick stop of this worker class lets the requests in
-    #: flight finish (gthread: Python joins the pool's threads at exit).
-    finishes_requests_on_quick_stop = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Runs in the master before the fork: nothing process-wide here.

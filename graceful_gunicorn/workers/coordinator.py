@@ -42,6 +42,22 @@ if TYPE_CHECKING:
     from gunicorn.glogging import Logger
 
 
+class _AtexitRunner:
+    """A thread, started early, that runs the ``atexit`` handlers when told to."""
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+        self.finished = threading.Event()
+        threading.Thread(target=self._run, name="graceful-atexit", daemon=True).start()
+
+    def _run(self) -> None:
+        self.go.wait()
+        try:
+            atexit._run_exitfuncs()
+        finally:
+            self.finished.set()
+
+
 def _hold_the_main_thread() -> None:
     """An ``atexit`` handler: in the main thread, wait for ``os._exit`` (see below)."""
     if threading.current_thread() is threading.main_thread():
@@ -52,9 +68,6 @@ class StoppableWorker(Protocol):
     """What the coordinator needs from a gunicorn worker."""
 
     log: Logger
-
-    #: Whether gunicorn's own quick stop lets the requests in flight finish (gthread).
-    finishes_requests_on_quick_stop: bool
 
     def notify(self) -> None: ...
     def wake_main_loop(self) -> None: ...
@@ -112,12 +125,11 @@ class WorkerShutdown:
         self.done = threading.Event()
         #: Set once gunicorn's own loop has returned in the main thread.
         self.loop_finished = threading.Event()
-        #: Set once the requests a quick stop lets finish are over (and reported).
-        self.requests_settled = threading.Event()
         self._reason_unsettled = False
         self._ignored_sigterm = False
         #: The report this worker handed to the master, if it did.
         self._report: dict[str, Any] | None = None
+        self._atexit_runner: _AtexitRunner | None = None
         #: The signal that started the shutdown, if one did.
         self.signal_name: str | None = None
         #: The worker process; a child the app forks is not it (see _after_fork_in_child).
@@ -275,7 +287,6 @@ class WorkerShutdown:
         except BaseException:
             # Never leave the main thread waiting for a shutdown that cannot come.
             self.worker.log.exception("graceful_gunicorn: the shutdown coordinator failed")
-            self.requests_settled.set()
             self.done.set()
 
     def _watch_and_run(self) -> None:
@@ -352,6 +363,9 @@ class WorkerShutdown:
         return master_deadline
 
     def _run(self, reason: Reason) -> None:
+        # Started now, while the main thread surely lives: Python 3.12+ starts no
+        # thread once the interpreter began to exit (_make_sure_we_exit needs it then).
+        self._atexit_runner = _AtexitRunner()
         lifecycle = self.lifecycle or Lifecycle()
         log = self.worker.log
         plan = lifecycle.plan(
@@ -453,15 +467,6 @@ class WorkerShutdown:
         if sequence.escalated and MASTER_QUICK_LIMIT is not None:
             margin = safety_margin(MASTER_QUICK_LIMIT)  # the master kills 2 s after the SIGINT
         master_kills_at = sequence.deadline + margin
-        try:
-            if (
-                sequence.reason == "quick"
-                and self.worker.finishes_requests_on_quick_stop
-                and sequence.lifecycle.in_flight
-            ):
-                master_kills_at = self._let_requests_finish(sequence, margin)
-        finally:
-            self.requests_settled.set()
         give_up_at = min(master_kills_at - margin / 2, time.monotonic() + EXIT_GRACE)
         while time.monotonic() < give_up_at:
             time.sleep(0.05)
@@ -477,43 +482,13 @@ class WorkerShutdown:
         # exit meanwhile (the thread it waited for ended), it stops here instead of
         # running every handler a second time beside ours.
         atexit.register(_hold_the_main_thread)
-        handlers = threading.Thread(target=atexit._run_exitfuncs, daemon=True)
-        handlers.start()
-        handlers.join(
-            max(0.0, min(master_kills_at - 0.05, give_up_at + EXIT_GRACE) - time.monotonic())
-        )
+        runner = self._atexit_runner
+        if runner is not None:
+            runner.go.set()
+            runner.finished.wait(
+                max(0.0, min(master_kills_at - 0.05, give_up_at + EXIT_GRACE) - time.monotonic())
+            )
         os._exit(1)
-
-    def _let_requests_finish(self, sequence: ShutdownSequence, margin: float) -> float:
-        """A quick stop of gthread: let the pool's requests end, as plain gunicorn does.
-
-        gunicorn's gthread worker leaves its quick stop with ``sys.exit``, and
-        Python joins the pool's threads: the requests they serve complete, until
-        the master's own SIGKILL (graceful_timeout after its stop; 2 s after a
-        SIGINT that cut a graceful stop short, gunicorn 25+). The sync and gevent
-        workers end theirs at once, as gunicorn's do. Returns when the master kills.
-        """
-        if sequence.escalated and MASTER_QUICK_LIMIT is not None:
-            return sequence.deadline + margin  # no time to give: the master kills soon
-        state = master_state.current()
-        started = self.requested_at
-        if state is not None and state.stop_kind != master_state.STOP_NONE and state.stop_at:
-            started = min(started, state.stop_at)
-        kills_at = started + self.graceful_timeout
-        lifecycle = sequence.lifecycle
-        while lifecycle.in_flight and time.monotonic() < kills_at - margin:
-            time.sleep(0.05)
-        report = self._report
-        if report is not None and lifecycle.in_flight < report["requests_abandoned"]:
-            finished = report["requests_abandoned"] - lifecycle.in_flight
-            self._report = {
-                **report,
-                "requests_abandoned": lifecycle.in_flight,
-                "requests_drained": report["requests_drained"] + finished,
-            }
-            with suppress(OSError):
-                worker_reports.write(self._report)
-        return kills_at
 
     # -- the main thread, after gunicorn's loop returned ------------------------
 
@@ -526,6 +501,3 @@ class WorkerShutdown:
             self.request("terminate" if os.getppid() != self._parent else "recycle")
         while not self.done.wait(0.25):
             self.worker.notify()
-        # A quick stop of gthread lets the pool finish its requests first: this
-        # thread's exit would end the process before the report says so.
-        self.requests_settled.wait(self.graceful_timeout)

@@ -48,8 +48,6 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
     the in-flight count covers requests that outlive gunicorn's own drain.
     """
 
-    finishes_requests_on_quick_stop = True
-
     _serving = True
     _linger_until: float | None = None
     _lingered = False
