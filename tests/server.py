@@ -108,10 +108,11 @@ class Gunicorn(GunicornServer):
 
 
 def process_gone(pid: int) -> bool:
-    """Whether ``pid`` ended (a zombie nobody reaped yet counts as ended; Linux /proc)."""
+    """Whether ``pid`` ended (a zombie nobody reaped yet counts as ended, and holds no
+    file or lock; Linux /proc)."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except FileNotFoundError:
         return True
 

@@ -32,7 +32,7 @@ from graceful_gunicorn.server_config import check_report_directory
 from graceful_gunicorn.settings import Settings, SettingsError
 
 from .conftest import WORKER_CLASSES
-from .server import BOOT_TIMEOUT, Gunicorn, wait_until
+from .server import BOOT_TIMEOUT, Gunicorn, process_gone, wait_until
 from .test_reports import logged_report
 from .test_shutdown_signals import APP, GRACEFUL, worker_args
 
@@ -58,13 +58,14 @@ def _folders(parent: Path) -> list[Path]:
     return sorted(parent.glob("graceful_gunicorn-*"))
 
 
-def _gone(pid: int) -> bool:
-    """No such process, or only its zombie (which holds no file or lock)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
+def _kill_with_its_workers(server: Gunicorn) -> None:
+    """SIGKILL the master (on_exit never runs), then each orphaned worker, by pid."""
+    server.signal(signal.SIGKILL)
+    server.wait_exit(10)
+    for pid in server.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    for pid in server.worker_pids():
+        wait_until(partial(process_gone, pid), 10, f"orphaned worker {pid} to exit")
 
 
 def _dead_pid() -> int:
@@ -431,12 +432,7 @@ def test_the_next_master_removes_the_folder_of_a_killed_one(
     first = gunicorn([*GRACEFUL, *worker_args("sync"), APP], {"TMPDIR": str(private_tmp)})
     first.wait_ready(workers=2)
     (left,) = _folders(private_tmp)
-    first.signal(signal.SIGKILL)
-    first.wait_exit(10)
-    for pid in first.worker_pids():
-        os.kill(pid, signal.SIGKILL)
-    for pid in first.worker_pids():
-        wait_until(partial(_gone, pid), 10, f"orphaned worker {pid} to exit")
+    _kill_with_its_workers(first)
     assert _folders(private_tmp) == [left]  # on_exit never ran
 
     second = gunicorn([*GRACEFUL, *worker_args("sync"), APP], {"TMPDIR": str(private_tmp)})
@@ -724,12 +720,7 @@ def test_workers_running_as_nobody_own_a_private_folder_and_the_next_master_clea
             NOBODY.pw_gid,
             0o700,
         )
-        first.signal(signal.SIGKILL)
-        first.wait_exit(10)
-        for pid in first.worker_pids():
-            os.kill(pid, signal.SIGKILL)
-        for pid in first.worker_pids():
-            wait_until(partial(_gone, pid), 10, f"orphaned worker {pid} to exit")
+        _kill_with_its_workers(first)
 
         second = gunicorn(args, env)
         second.wait_ready(workers=2)
