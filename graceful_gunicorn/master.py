@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,14 @@ _INSTALLED = "_graceful_gunicorn_master"
 #: gunicorn before 25 reads no signal while its master waits in ``stop()``, so a
 #: SIGINT/SIGQUIT during a graceful stop never reached the workers (arbiter.py).
 _MASTER_DEAF_WHILE_STOPPING = gunicorn.version_info < (25, 0)
+
+
+def _running(pid: int) -> bool:
+    """Whether a child has not exited yet; its status stays for gunicorn's reap (WNOWAIT)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        return False
 
 
 class MasterStop:
@@ -61,6 +70,8 @@ class MasterStop:
         self._reap_workers: Callable[[], None] = server.reap_workers
         self._kill_workers: Callable[[int], None] = server.kill_workers
         self._kill_worker: Callable[[int, int], None] = server.kill_worker
+        #: The last SIGINT/SIGQUIT gunicorn queued: its own stop() relays either as SIGQUIT.
+        self._quick_signal = "SIGQUIT"
 
     @classmethod
     def install(
@@ -95,7 +106,23 @@ class MasterStop:
         server.reap_workers = stop.reap_workers  # type: ignore[method-assign]
         server.kill_workers = stop.kill_workers  # type: ignore[method-assign]
         server.kill_worker = stop.kill_worker  # type: ignore[method-assign]
+        stop._watch_quick_signals()
         return stop
+
+    def _watch_quick_signals(self) -> None:
+        # gunicorn installed its handler, the bound Arbiter.signal that queues the
+        # signal, in init_signals(), before when_ready (arbiter.py start()).
+        for sig in (signal.SIGINT, signal.SIGQUIT):
+            queue = signal.getsignal(sig)
+            if callable(queue):
+                signal.signal(sig, partial(self._note_quick_signal, queue))
+
+    def _note_quick_signal(
+        self, queue: Callable[[int, FrameType | None], Any], sig: int, frame: FrameType | None
+    ) -> None:
+        # Signal context: one assignment, then gunicorn's own handler.
+        self._quick_signal = signal.Signals(sig).name
+        queue(sig, frame)
 
     @classmethod
     def of(cls, server: Arbiter) -> MasterStop | None:
@@ -189,11 +216,17 @@ class MasterStop:
 
         gunicorn 25 and newer read a SIGINT/SIGQUIT inside their own ``stop()``
         and send the workers SIGQUIT from there (arbiter.py): the summary must
-        say the stop became quick, as the workers' reports do.
+        say the stop became quick, as the workers' reports do. At the end of its
+        graceful_timeout, stop() sends the workers still there SIGKILL: the
+        summary counts them killed.
         """
         if sig == signal.SIGQUIT and self.record is not None and self.record.reason != "quick":
-            self._record("quick", "SIGQUIT", 0.0)
+            self._record("quick", self._quick_signal, 0.0)
             self.state.begin_stop(master_state.STOP_QUICK, time.monotonic())
+        if sig == signal.SIGKILL and self.record is not None:
+            # stop() at graceful_timeout: whoever is left is killed, report or not;
+            # one that exited since stop()'s last reap (0.1 s ago) is not.
+            self.record.sigkilled = [pid for pid in sorted(self.server.WORKERS) if _running(pid)]
         self._kill_workers(sig)
         if sig == signal.SIGQUIT:
             # After sending: a worker whose first quick handler ran later had it

@@ -54,6 +54,8 @@ class MasterStopRecord:
     signalled_at: float
     shutdown_delay: float = 0.0
     workers: list[int] = field(default_factory=list)
+    #: Workers gunicorn's stop() still had to SIGKILL at graceful_timeout.
+    sigkilled: list[int] = field(default_factory=list)
 
 
 def _count(value: object) -> bool:
@@ -137,12 +139,17 @@ def build(record: MasterStopRecord, reports: Mapping[int, Any]) -> dict[str, Any
     """The summary of a server's shutdown as JSON-ready data.
 
     A report with a :func:`report_problem` counts as none: its worker was killed.
+    A worker that gunicorn had to ``SIGKILL`` counts as killed even with a
+    report (its exit, the interpreter's ``atexit`` handlers, was cut), and its
+    report still counts. The requests of a worker without a report are unknown:
+    ``requests.uncounted_workers`` says how many workers they are.
     """
     usable = {pid: r for pid, r in reports.items() if report_problem(r) is None}
-    reported = [pid for pid in record.workers if pid in usable]
+    counted = [pid for pid in record.workers if pid in usable]
+    reported = [pid for pid in counted if pid not in record.sigkilled]
     forced = [pid for pid in reported if usable[pid].get("forced_exit") is True]
     clean = [pid for pid in reported if pid not in forced]
-    killed = [pid for pid in record.workers if pid not in usable]
+    killed = [pid for pid in record.workers if pid not in reported]
     workers = {
         "stopped": len(record.workers),
         "clean": len(clean),
@@ -151,7 +158,7 @@ def build(record: MasterStopRecord, reports: Mapping[int, Any]) -> dict[str, Any
     }
     callbacks = {outcome: 0 for outcome in OUTCOMES}
     drained = abandoned = 0
-    for pid in reported:
+    for pid in counted:
         report = usable[pid]
         drained += report.get("requests_drained", 0)
         abandoned += report.get("requests_abandoned", 0)
@@ -167,9 +174,13 @@ def build(record: MasterStopRecord, reports: Mapping[int, Any]) -> dict[str, Any
         "workers": workers,
         "killed_pids": killed,
         "forced_pids": forced,
-        "requests": {"drained": drained, "abandoned": abandoned},
+        "requests": {
+            "drained": drained,
+            "abandoned": abandoned,
+            "uncounted_workers": len(record.workers) - len(counted),
+        },
         "callbacks": callbacks,
-        "worker_reports": [dict(usable[pid]) for pid in reported],
+        "worker_reports": [dict(usable[pid]) for pid in counted],
     }
 
 
@@ -177,11 +188,13 @@ def summary_line(summary: Mapping[str, Any]) -> str:
     """The one-line, human-readable form of :func:`build`'s result."""
     workers, requests, callbacks = summary["workers"], summary["requests"], summary["callbacks"]
     forced = f", {workers['forced']} forced to exit" if workers.get("forced") else ""
+    uncounted = requests.get("uncounted_workers", 0)
+    unknown = f" (not counting {uncounted} worker(s) without a report)" if uncounted else ""
     return (
         f"shutdown summary ({summary['reason']}, {summary['signal']}): "
         f"{workers['clean']} of {workers['stopped']} worker(s) stopped cleanly, "
         f"{workers['killed']} killed{forced}; {requests['drained']} request(s) drained, "
-        f"{requests['abandoned']} abandoned; callbacks {callbacks['ok']} ok, "
+        f"{requests['abandoned']} abandoned{unknown}; callbacks {callbacks['ok']} ok, "
         f"{callbacks['error']} failed, {callbacks['timeout']} timed out, "
         f"{callbacks['skipped']} skipped; {summary['duration']:.2f}s in all"
     )

@@ -337,6 +337,12 @@ class KeepAliveLoad:
     requests over about the same time, whatever their speed. A response with
     ``Connection: close`` makes the client reconnect, as HTTP clients do; an
     error closes the connection and counts as a failure.
+
+    ``gates`` holds a client back: before its request number ``index`` it waits
+    for ``event`` (bounded by ``gate_timeout``), then goes on at its pace from
+    there. A scenario that acts on the server during the load sets them, so
+    that the load cannot end before the server did what the scenario waits for
+    however slow the machine, and both sides still send the same requests.
     """
 
     def __init__(
@@ -347,8 +353,12 @@ class KeepAliveLoad:
         requests: int = 100,
         interval: float = 0.02,
         label: str = "load",
+        gates: Sequence[tuple[int, threading.Event]] = (),
+        gate_timeout: float = 60.0,
     ) -> None:
         self.port = port
+        self.gates = dict(gates)
+        self.gate_timeout = gate_timeout
         self.path = path
         self.requests = requests
         self.interval = interval
@@ -386,6 +396,10 @@ class KeepAliveLoad:
         connection: http.client.HTTPConnection | None = None
         started = time.monotonic()
         for k in range(self.requests):
+            gate = self.gates.get(k)
+            if gate is not None and not gate.is_set():
+                gate.wait(self.gate_timeout)
+                started = time.monotonic() - k * self.interval
             time.sleep(max(0.0, started + k * self.interval - time.monotonic()))
             if connection is None:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -197,24 +198,38 @@ def booted_at_least(server: Gunicorn, count: int) -> bool:
 
 
 def reloads_under_load() -> Scenario:
-    """A keep-alive load of 8 clients for about 5 s; SIGHUP after 1/6, 2/6 and 3/6
-    of it, each once the previous reload's workers booted."""
+    """A keep-alive load of 8 clients, 250 requests each at 50 a second; SIGHUP
+    after 1/6, 2/6 and 3/6 of it, each once the previous reload's workers booted.
+
+    Reload ``n``'s boot gates the load's next sixth: on a slow machine, where a
+    reload takes longer than the load would, the clients wait for it instead of
+    ending first, so every reload happens under load on both sides.
+    """
 
     def scenario(server: Gunicorn) -> list[Outcome]:
         workers = len(server.worker_pids())
-        load = KeepAliveLoad(server.port, connections=8, requests=250, interval=0.02).start()
-        for n in range(1, RELOADS + 1):
-            progress = load.total * n // 6
-            wait_until(partial(sent_at_least, load, progress), EVENT_TIMEOUT, f"{progress} sent")
-            booted = len(server.worker_pids())
-            server.signal(signal.SIGHUP)
-            wait_until(
-                partial(booted_at_least, server, booted + workers),
-                EVENT_TIMEOUT,
-                f"reload {n}'s workers to boot",
-            )
-        if load.done():
-            raise AssertionError("the load ended before the last reload: make it longer")
+        requests = 250
+        booted_events = [threading.Event() for _ in range(RELOADS)]
+        gates = [(requests * (n + 1) // 6, booted_events[n - 1]) for n in range(1, RELOADS + 1)]
+        load = KeepAliveLoad(server.port, connections=8, requests=requests, gates=gates).start()
+        try:
+            for n in range(1, RELOADS + 1):
+                progress = load.total * n // 6
+                sent = partial(sent_at_least, load, progress)
+                wait_until(sent, EVENT_TIMEOUT, f"{progress} sent")
+                booted = len(server.worker_pids())
+                server.signal(signal.SIGHUP)
+                wait_until(
+                    partial(booted_at_least, server, booted + workers),
+                    EVENT_TIMEOUT,
+                    f"reload {n}'s workers to boot",
+                )
+                if load.done():
+                    raise AssertionError(f"the load ended before reload {n}'s workers booted")
+                booted_events[n - 1].set()
+        finally:
+            for event in booted_events:
+                event.set()
         return load.outcomes(60)
 
     return scenario

@@ -523,6 +523,18 @@ def test_a_worker_forced_to_exit_is_counted_apart_from_clean_ones() -> None:
         "1 of 3 worker(s) stopped cleanly, 1 killed, 1 forced to exit; 0 request(s) drained"
     ) in summary.summary_line(built)
 
+    assert built["requests"]["uncounted_workers"] == 1
+    assert "abandoned (not counting 1 worker(s) without a report);" in summary.summary_line(built)
+
+    sigkilled = _record(11, 12)
+    sigkilled.sigkilled = [11]
+    killed_after_report = summary.build(sigkilled, reports)
+    assert killed_after_report["workers"] == {"stopped": 2, "clean": 0, "killed": 1, "forced": 1}
+    assert killed_after_report["killed_pids"] == [11]
+    assert killed_after_report["requests"]["uncounted_workers"] == 0
+    assert [r["pid"] for r in killed_after_report["worker_reports"]] == [11, 12]
+    assert killed_after_report["callbacks"]["ok"] == 2
+
     plain = summary.build(_record(11, 13), reports)
     assert plain["workers"] == {"stopped": 2, "clean": 1, "killed": 1, "forced": 0}
     assert plain["forced_pids"] == []
@@ -567,7 +579,7 @@ def test_a_bad_report_counts_its_worker_as_killed(report_folder: Path, case: str
     built = summary.build(_record(4000001, 4000002), reports)
     assert built["workers"] == {"stopped": 2, "clean": 1, "killed": 1, "forced": 0}
     assert built["killed_pids"] == [4000001]
-    assert built["requests"] == {"drained": 2, "abandoned": 0}
+    assert built["requests"] == {"drained": 2, "abandoned": 0, "uncounted_workers": 1}
     json.dumps(built, allow_nan=False)
 
 

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import gunicorn as gunicorn_package
 import pytest
 
 from .server import BOOT_TIMEOUT, Gunicorn, http_get, wait_until
@@ -132,8 +131,39 @@ def test_summary_counts_a_worker_killed_mid_shutdown(gunicorn: Callable[..., Gun
     report = logged_report(server)
     assert report["workers"] == {"stopped": 2, "clean": 1, "killed": 1, "forced": 0}
     assert report["killed_pids"] == [victim]
+    assert report["requests"]["uncounted_workers"] == 1
     assert "1 of 2 worker(s) stopped cleanly, 1 killed" in server.log()
+    assert "abandoned (not counting 1 worker(s) without a report)" in server.log()
     assert [e["pid"] for e in server.callbacks("after_shutdown")] != [victim]
+
+
+def test_summary_counts_a_worker_sigkilled_after_its_report_as_killed(
+    gunicorn: Callable[..., Gunicorn],
+) -> None:
+    """1. one worker whose atexit handler is slow 2. SIGTERM 3. once the handler
+    runs (the worker's report is written), SIGSTOP the worker, so that gunicorn's
+    stop() SIGKILLs it at graceful_timeout.
+
+    Result: the summary counts the worker killed, not clean (the review found it
+    counted clean: its report was there), and still counts its requests.
+    """
+    server = gunicorn(
+        [*GRACEFUL, *worker_args("sync", workers=1), "--graceful-timeout", "8", APP],
+        {"MISBEHAVE": "atexit_slow"},
+    )
+    server.wait_ready(workers=1)
+    (worker,) = server.worker_pids()
+    server.signal(signal.SIGTERM)
+    wait_until(lambda: server.events("atexit"), 10, "the worker's atexit handler")
+    os.kill(worker, signal.SIGSTOP)
+    assert server.wait_exit(20) == 0
+
+    report = logged_report(server)
+    assert report["workers"] == {"stopped": 1, "clean": 0, "killed": 1, "forced": 0}
+    assert report["killed_pids"] == [worker]
+    assert report["requests"]["uncounted_workers"] == 0
+    assert [r["pid"] for r in report["worker_reports"]] == [worker]
+    assert "0 of 1 worker(s) stopped cleanly, 1 killed;" in server.log()
 
 
 def test_summary_counts_a_worker_that_crashed_mid_shutdown(
@@ -227,8 +257,5 @@ def test_a_sigint_during_a_graceful_stop_makes_the_summary_quick(
     server.signal(signal.SIGINT)
     assert server.wait_exit(30) == 0
     log = server.log()
-    if gunicorn_package.version_info < (25, 0):
-        assert "shutdown summary (quick, SIGTERM+SIGINT)" in log, log
-    else:
-        assert "shutdown summary (quick, SIGTERM+SIGQUIT)" in log, log
+    assert "shutdown summary (quick, SIGTERM+SIGINT)" in log, log
     assert {e["reason"] for e in server.callbacks("on_shutdown")} == {"quick"}
