@@ -363,6 +363,13 @@ class _AllInFlight(InFlight):
     def __len__(self) -> int:
         return sum(len(part) for part in self.parts)
 
+    def watch_ends(self, ends: list[bool] | None = None) -> list[bool]:
+        """Every app's request ends, in one list."""
+        self.ends = [] if ends is None else ends
+        for part in self.parts:
+            part.watch_ends(self.ends)
+        return self.ends
+
     def snapshot(self) -> list[RequestInfo]:
         """The requests in flight of every app, oldest first."""
         every = [request for part in self.parts for request in part.snapshot()]
@@ -412,6 +419,8 @@ class ShutdownSequence:
         self.report = ShutdownReport(
             reason=reason, pid=os.getpid(), in_flight_at_start=lifecycle.in_flight
         )
+        #: Each request's end since the shutdown began: True served, False cut.
+        self._ends = lifecycle.requests.watch_ends()
         self._finished = False
         self._drained = False
         self._ran = False
@@ -542,7 +551,6 @@ class ShutdownSequence:
         """
         until = self.drain_deadline if until is None else min(until, self.deadline)
         started = time.monotonic()
-        at_start = self.lifecycle.in_flight
         last_beat = started
         while self.lifecycle.in_flight or (ready is not None and not ready()):
             now = time.monotonic()
@@ -553,10 +561,15 @@ class ShutdownSequence:
                 last_beat = now
             time.sleep(min(DRAIN_POLL_INTERVAL, until - now))
         duration = time.monotonic() - started
+        # Every request that ended since the shutdown began, by how it ended, not
+        # what was in flight at the start: a sync worker serves its backlog, gevent's
+        # kill cuts a request.
+        ends = self._ends[:]
         left = self.lifecycle.requests.snapshot()
         self._drained = True
-        self.report.requests_drained += max(0, at_start - len(left))
-        self.report.requests_abandoned = len(left)
+        served = sum(ends)
+        self.report.requests_drained = served
+        self.report.requests_abandoned = len(left) + len(ends) - served
         self.report.phases.append(PhaseResult("drain", duration))
         if not left and self.lifecycle.in_flight == 0 and ready is not None and not ready():
             self.log.warning(
@@ -564,7 +577,7 @@ class ShutdownSequence:
                 "flight but the server still busy (a connection that sent no whole request); "
                 "%d request(s) completed",
                 duration,
-                at_start,
+                served,
             )
             return False
         if left:
@@ -584,7 +597,7 @@ class ShutdownSequence:
         self.log.info(
             "graceful_gunicorn: drain done in %.3fs: %d request(s) completed",
             duration,
-            at_start,
+            served,
         )
         return True
 
@@ -615,8 +628,11 @@ class ShutdownSequence:
         if not self._finished:
             self._finished = True
             if not self._drained:
-                # A quick stop or an abort does not wait: what is in flight now is cut.
-                self.report.requests_abandoned = self.lifecycle.in_flight
+                # A quick stop or an abort does not wait: what is in flight now is
+                # cut, as is what was cut already.
+                ends = self._ends[:]
+                self.report.requests_drained = sum(ends)
+                self.report.requests_abandoned = self.lifecycle.in_flight + len(ends) - sum(ends)
             self.report.duration = time.monotonic() - self.started
             report = self.report
             self.log.info(

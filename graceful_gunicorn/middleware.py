@@ -13,7 +13,12 @@ disconnect mid-response therefore all end at zero::
 
 The bookkeeping is one set insertion and one removal per request: both are
 atomic in CPython, so no lock is taken on the request path (a real lock would
-also block the gevent hub).
+also block the gevent hub). Once a shutdown watches them
+(:meth:`InFlight.watch_ends`), the set becomes one whose removal also records
+how each request ended (an append, atomic too): served, or cut by a
+``BaseException`` that is not an ``Exception`` (``GreenletExit`` from gevent's
+kill, ``SystemExit``), which no server answers. Until then the request path
+runs no code of ours for it.
 
 A ``wsgi.file_wrapper`` response is returned as it is, with its ``close``
 hooked, so that gunicorn keeps sending it with ``sendfile()``; a return
@@ -28,6 +33,7 @@ request served while the server goes away.
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -70,7 +76,7 @@ class _Request:
 
     __slots__ = ("active", "environ", "iterable", "started", "thread_id")
 
-    active: set[Any]
+    active: _Active
     environ: WSGIEnvironment
     iterable: Iterable[bytes]
     started: float
@@ -93,14 +99,52 @@ _monotonic = time.monotonic
 # threading.get_ident is looked up on each call: gevent patches it after import.
 
 
+class _Active(set):  # type: ignore[type-arg]
+    """The requests in flight: a plain set's C methods on the request path."""
+
+    __slots__ = ("ends",)
+    #: Set by :meth:`InFlight.watch_ends`, when the set becomes :class:`_Watched`.
+    ends: list[bool]
+
+
+class _Watched(_Active):
+    """The requests in flight, once a shutdown watches how each one ends.
+
+    Only the class of the set changes (same layout), so requests already in
+    flight, which hold the set, are watched too.
+    """
+
+    __slots__ = ()
+
+    def discard(self, request: object) -> None:
+        """Remove ``request`` and record its end: served unless a ``BaseException``
+        that is no ``Exception`` is propagating (the server's ``finally`` closing
+        a killed request's response). Only the first of two closes counts."""
+        try:
+            self.remove(request)  # atomic: of two closes, one removes it
+        except KeyError:
+            return
+        cut = sys.exc_info()[0]
+        self.ends.append(cut is None or issubclass(cut, Exception))
+
+
 class InFlight:
     """The requests this process is serving right now."""
 
     def __init__(self) -> None:
-        self.active: set[Any] = set()
+        self.active: _Active = _Active()
+        #: One entry per request ended since :meth:`watch_ends`: ``True`` served,
+        #: ``False`` cut; ``None`` until a shutdown watches.
+        self.ends: list[bool] | None = None
 
     def __len__(self) -> int:
         return len(self.active)
+
+    def watch_ends(self, ends: list[bool] | None = None) -> list[bool]:
+        """From now on, record each request's end in ``ends`` (a new list by default)."""
+        self.ends = self.active.ends = [] if ends is None else ends
+        self.active.__class__ = _Watched
+        return self.ends
 
     def snapshot(self) -> list[RequestInfo]:
         """The requests in flight, oldest first."""
@@ -152,6 +196,7 @@ class InFlightMiddleware:
         try:
             iterable = self.app(environ, start_response)
         except BaseException:
+            # An Exception becomes the server's 500: served. GreenletExit is a cut.
             active.discard(request)
             raise
         # Asked once the app returned, so that a request that was running when

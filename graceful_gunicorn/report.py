@@ -40,7 +40,11 @@ class ShutdownReport:
     reason: str
     pid: int
     in_flight_at_start: int = 0
+    #: Requests served to their end since the shutdown began (a sync worker's
+    #: backlog too, and a request whose app raised: the server answered 500).
     requests_drained: int = 0
+    #: Requests still in flight when the drain ended (a quick stop: when its
+    #: callbacks ended), plus those cut on the way (gevent's kill, ``SystemExit``).
     requests_abandoned: int = 0
     duration: float = 0.0
     phases: list[PhaseResult] = field(default_factory=list)

@@ -53,7 +53,11 @@ def run_shutdown(
 ) -> ShutdownRun:
     """Run ``app``'s shutdown sequence for ``reason`` with ``hold`` in flight.
 
-    ``app`` is a Flask app set up with ``GracefulShutdown``. The sequence is
+    ``app`` is a Flask app set up with ``GracefulShutdown``, or any WSGI app
+    that the server would find lifecycles in (a ``Lifecycle().wrap(app)``, a
+    ``DispatcherMiddleware`` mounting such apps: every app's callbacks run in
+    one sequence, as in a worker); ``hold`` goes through Flask's test client, or
+    Werkzeug's for other apps. The sequence is
     planned as a gunicorn worker plans it (:mod:`graceful_gunicorn.budget`):
     ``timeout`` is gunicorn's ``graceful_timeout`` (30 s by default), of which
     the same safety margin is kept; a quick reason's callbacks get
@@ -65,9 +69,12 @@ def run_shutdown(
     """
     lifecycle = find_lifecycle(app)
     if lifecycle is None:
-        raise ValueError("the app has no graceful_gunicorn lifecycle: call GracefulShutdown(app)")
+        raise ValueError(
+            "the app has no graceful_gunicorn lifecycle: call GracefulShutdown(app) "
+            "or wrap it with Lifecycle().wrap(app)"
+        )
     responses: list[Any] = [None] * len(hold)
-    client = app.test_client()
+    client = _client(app)
 
     def send(index: int, path: str) -> None:
         responses[index] = client.get(path, buffered=True)
@@ -93,3 +100,15 @@ def run_shutdown(
     for thread in threads:
         thread.join(timeout)
     return ShutdownRun(report, responses)
+
+
+def _client(app: Any) -> Any:
+    """Flask's test client for a Flask app, Werkzeug's for any other WSGI app."""
+    if hasattr(app, "test_client"):
+        return app.test_client()
+    try:
+        from werkzeug.test import Client
+    except ImportError as exc:  # pragma: no cover - Werkzeug comes with Flask
+        message = "run_shutdown needs Werkzeug for a WSGI app: pip install werkzeug"
+        raise RuntimeError(message) from exc
+    return Client(app)

@@ -228,7 +228,8 @@ def test_connections_waiting_in_the_backlog_are_served(
     them, the other 6 wait in the kernel's listen backlog) 2. SIGTERM the
     master 3. the requests end.
 
-    Result: all 8 complete with 200 (plain gunicorn resets the 6 queued).
+    Result: all 8 complete with 200 (plain gunicorn resets the 6 queued), and
+    the summary counts 8 drained (it counted only those in flight at the stop).
     """
     server = gunicorn([*GRACEFUL, *worker_args(worker_class), "--graceful-timeout", "20", APP])
     server.wait_ready(workers=2)
@@ -254,6 +255,8 @@ def test_connections_waiting_in_the_backlog_are_served(
         finally:
             connection.close()
     assert results == [200] * 8
+    summary = server.log().split("shutdown summary")[1]
+    assert "8 request(s) drained, 0 abandoned" in summary, server.log()
 
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)

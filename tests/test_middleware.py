@@ -523,3 +523,43 @@ def test_count_is_always_the_number_of_open_requests(
 
     assert next_step == [len(c.steps) for c in clients]
     assert len(requests) == 0
+
+
+class Killed(BaseException):
+    """Stands for gevent's GreenletExit: a BaseException that no server answers."""
+
+
+def test_request_ends_say_served_or_cut(requests: InFlight) -> None:
+    """Once watched, each request's end is recorded once: served (also when the
+    app raised an Exception, which the server answers with a 500) or cut (a
+    BaseException such as GreenletExit, in the app or while the server's own
+    ``finally`` closes the response)."""
+    before = counted(lambda env, sr: [b"not watched yet"], requests)(environ(), start_response)
+    before.close()  # type: ignore[attr-defined]
+    ends = requests.watch_ends()
+
+    served = counted(lambda env, sr: Body([b"ok"]), requests)(environ(), start_response)
+    served.close()  # type: ignore[attr-defined]
+    served.close()  # type: ignore[attr-defined]
+
+    def raising(env: Any, sr: Any) -> Any:
+        raise Boom
+
+    def killed(env: Any, sr: Any) -> Any:
+        raise Killed
+
+    for app, raised in ((raising, Boom), (killed, Killed)):
+        with pytest.raises(raised):
+            counted(app, requests)(environ(), start_response)
+
+    cut_mid_response = counted(lambda env, sr: Body([b"a", b"b"]), requests)(
+        environ(), start_response
+    )
+    with pytest.raises(Killed):
+        try:
+            raise Killed
+        finally:
+            cut_mid_response.close()  # type: ignore[attr-defined]
+
+    assert ends == [True, True, False, False]
+    assert len(requests) == 0

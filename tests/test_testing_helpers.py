@@ -53,6 +53,37 @@ def test_example_app_drains_held_requests_and_flushes_writes(
     assert rows == [("a",), ("b",), ("c",)]
 
 
+def test_run_shutdown_takes_a_dispatcher_of_several_apps() -> None:
+    """1. two Flask apps with GracefulShutdown behind Werkzeug's DispatcherMiddleware
+    2. run_shutdown on the dispatcher, a slow request to the mounted app held.
+
+    Result: the held request is drained, and both apps' callbacks run in one
+    sequence, outermost app first, as in a gunicorn worker (it raised: no
+    test_client on a dispatcher).
+    """
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    seen: list[str] = []
+    frontend, api = Flask("frontend"), Flask("api")
+    for flask_app in (frontend, api):
+        graceful = GracefulShutdown(flask_app)
+
+        @graceful.on_shutdown
+        def record(ctx: ShutdownContext, name: str = flask_app.name) -> None:
+            seen.append(name)
+
+    @api.get("/slow")
+    def slow() -> str:
+        time.sleep(0.3)
+        return "slow\n"
+
+    run = run_shutdown(DispatcherMiddleware(frontend, {"/api": api}), hold=["/api/slow"])
+
+    assert [r.status_code for r in run.responses] == [200]
+    assert run.report.requests_drained == 1
+    assert seen == ["frontend", "api"]
+
+
 def test_quick_reason_skips_the_drain_and_reports_a_failing_callback() -> None:
     app = Flask(__name__)
     GracefulShutdown(app)
