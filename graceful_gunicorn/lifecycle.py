@@ -36,7 +36,7 @@ from .callbacks import (
     run_callback,
 )
 from .context import PHASES, QUICK_REASONS, REASONS, Phase, Reason, ShutdownContext
-from .middleware import InFlight, InFlightMiddleware, RequestInfo
+from .middleware import InFlight, InFlightMiddleware
 from .readiness import Readiness
 from .report import CallbackResult, PhaseResult, ShutdownReport
 
@@ -354,26 +354,21 @@ class Lifecycle:
 
 
 class _AllInFlight(InFlight):
-    """The requests in flight of several apps, counted as one."""
+    """The requests in flight of several apps, counted as one.
+
+    A request that passes through two of them (an app mounted inside another
+    app's ``wsgi_app``) counts once: they share its environ.
+    """
 
     def __init__(self, parts: Sequence[InFlight]) -> None:
         super().__init__()
         self.parts = list(parts)
 
+    def _sets(self) -> list[Any]:
+        return [active for part in self.parts for active in part._sets()]
+
     def __len__(self) -> int:
-        return sum(len(part) for part in self.parts)
-
-    def watch_ends(self, ends: list[bool] | None = None) -> list[bool]:
-        """Every app's request ends, in one list."""
-        self.ends = [] if ends is None else ends
-        for part in self.parts:
-            part.watch_ends(self.ends)
-        return self.ends
-
-    def snapshot(self) -> list[RequestInfo]:
-        """The requests in flight of every app, oldest first."""
-        every = [request for part in self.parts for request in part.snapshot()]
-        return sorted(every, key=lambda r: -r.seconds)
+        return len(self._in_flight())
 
 
 class ShutdownSequence:
@@ -419,8 +414,7 @@ class ShutdownSequence:
         self.report = ShutdownReport(
             reason=reason, pid=os.getpid(), in_flight_at_start=lifecycle.in_flight
         )
-        #: Each request's end since the shutdown began: True served, False cut.
-        self._ends = lifecycle.requests.watch_ends()
+        lifecycle.requests.watch_ends()  # each request's end, from now on
         self._finished = False
         self._drained = False
         self._ran = False
@@ -564,12 +558,12 @@ class ShutdownSequence:
         # Every request that ended since the shutdown began, by how it ended, not
         # what was in flight at the start: a sync worker serves its backlog, gevent's
         # kill cuts a request.
-        ends = self._ends[:]
-        left = self.lifecycle.requests.snapshot()
+        ends = self.lifecycle.requests.tally()
+        left = ends.left
         self._drained = True
-        served = sum(ends)
+        served = ends.served
         self.report.requests_drained = served
-        self.report.requests_abandoned = len(left) + len(ends) - served
+        self.report.requests_abandoned = len(left) + ends.cut
         self.report.phases.append(PhaseResult("drain", duration))
         if not left and self.lifecycle.in_flight == 0 and ready is not None and not ready():
             self.log.warning(
@@ -630,9 +624,9 @@ class ShutdownSequence:
             if not self._drained:
                 # A quick stop or an abort does not wait: what is in flight now is
                 # cut, as is what was cut already.
-                ends = self._ends[:]
-                self.report.requests_drained = sum(ends)
-                self.report.requests_abandoned = self.lifecycle.in_flight + len(ends) - sum(ends)
+                ends = self.lifecycle.requests.tally()
+                self.report.requests_drained = ends.served
+                self.report.requests_abandoned = len(ends.left) + ends.cut
             self.report.duration = time.monotonic() - self.started
             report = self.report
             self.log.info(

@@ -44,9 +44,16 @@ _MASTER_DEAF_WHILE_STOPPING = gunicorn.version_info < (25, 0)
 
 
 def _running(pid: int) -> bool:
-    """Whether a child has not exited yet; its status stays for gunicorn's reap (WNOWAIT)."""
+    """Whether a child has not exited yet; its status stays for gunicorn's reap (WNOWAIT).
+
+    Without ``os.waitid`` (macOS before Python 3.13), every child still in
+    gunicorn's table counts as running.
+    """
+    waitid = getattr(os, "waitid", None)
+    if waitid is None:
+        return True
     try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        return waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
     except ChildProcessError:
         return False
 
@@ -224,9 +231,11 @@ class MasterStop:
             self._record("quick", self._quick_signal, 0.0)
             self.state.begin_stop(master_state.STOP_QUICK, time.monotonic())
         if sig == signal.SIGKILL and self.record is not None:
-            # stop() at graceful_timeout: whoever is left is killed, report or not;
-            # one that exited since stop()'s last reap (0.1 s ago) is not.
-            self.record.sigkilled = [pid for pid in sorted(self.server.WORKERS) if _running(pid)]
+            # stop() at its limit: whoever is left is killed, report or not; one
+            # that exited since stop()'s last reap (0.1 s ago) is not. Nothing here
+            # may keep gunicorn from sending the SIGKILL.
+            with suppress(Exception):
+                self.record.sigkilled = [p for p in sorted(self.server.WORKERS) if _running(p)]
         self._kill_workers(sig)
         if sig == signal.SIGQUIT:
             # After sending: a worker whose first quick handler ran later had it

@@ -99,12 +99,17 @@ _monotonic = time.monotonic
 # threading.get_ident is looked up on each call: gevent patches it after import.
 
 
+#: How one request ended, once watched: its environ (the identity that inner
+#: and outer middleware of one request share) and whether it was served.
+End = tuple[object, bool]
+
+
 class _Active(set):  # type: ignore[type-arg]
     """The requests in flight: a plain set's C methods on the request path."""
 
     __slots__ = ("ends",)
     #: Set by :meth:`InFlight.watch_ends`, when the set becomes :class:`_Watched`.
-    ends: list[bool]
+    ends: list[End]
 
 
 class _Watched(_Active):
@@ -116,16 +121,26 @@ class _Watched(_Active):
 
     __slots__ = ()
 
-    def discard(self, request: object) -> None:
+    def discard(self, request: Any) -> None:
         """Remove ``request`` and record its end: served unless a ``BaseException``
-        that is no ``Exception`` is propagating (the server's ``finally`` closing
-        a killed request's response). Only the first of two closes counts."""
-        try:
-            self.remove(request)  # atomic: of two closes, one removes it
-        except KeyError:
-            return
-        cut = sys.exc_info()[0]
-        self.ends.append(cut is None or issubclass(cut, Exception))
+        that is no ``Exception`` is propagating (``GreenletExit`` from gevent's
+        kill, ``SystemExit``: the process, not the app, ended it, whatever the
+        server then answers). Recorded before the removal, so that a count taken
+        meanwhile sees it in both places, never in neither; counts dedupe."""
+        if request in self:
+            cut = sys.exc_info()[0]
+            self.ends.append((request.environ, cut is None or issubclass(cut, Exception)))
+            set.discard(self, request)
+
+
+@dataclass(frozen=True)
+class RequestEnds:
+    """Requests by how they ended since a shutdown began watching, and those in flight."""
+
+    served: int
+    cut: int
+    #: In flight and not ended, oldest first.
+    left: list[RequestInfo]
 
 
 class InFlight:
@@ -133,32 +148,56 @@ class InFlight:
 
     def __init__(self) -> None:
         self.active: _Active = _Active()
-        #: One entry per request ended since :meth:`watch_ends`: ``True`` served,
-        #: ``False`` cut; ``None`` until a shutdown watches.
-        self.ends: list[bool] | None = None
+        #: One entry per request ended since :meth:`watch_ends`; ``None`` until
+        #: a shutdown watches.
+        self.ends: list[End] | None = None
+
+    def _sets(self) -> list[_Active]:
+        return [self.active]
+
+    def _in_flight(self) -> list[Any]:
+        """The requests in flight, one per environ (nested middleware count once)."""
+        unique: dict[int, Any] = {}
+        for active in self._sets():
+            for request in list(active):
+                unique.setdefault(id(request.environ), request)
+        return list(unique.values())
 
     def __len__(self) -> int:
         return len(self.active)
 
-    def watch_ends(self, ends: list[bool] | None = None) -> list[bool]:
+    def watch_ends(self, ends: list[End] | None = None) -> list[End]:
         """From now on, record each request's end in ``ends`` (a new list by default)."""
-        self.ends = self.active.ends = [] if ends is None else ends
-        self.active.__class__ = _Watched
+        self.ends = [] if ends is None else ends
+        for active in self._sets():
+            active.ends = self.ends
+            active.__class__ = _Watched
         return self.ends
+
+    def tally(self) -> RequestEnds:
+        """How the requests ended since :meth:`watch_ends`, each counted once."""
+        in_flight = self._in_flight()  # first: a request leaves it after it ended
+        ended = {id(environ): served for environ, served in (self.ends or [])[:]}
+        served = sum(ended.values())
+        left = [r for r in in_flight if id(r.environ) not in ended]
+        return RequestEnds(served, len(ended) - served, _describe(left))
 
     def snapshot(self) -> list[RequestInfo]:
         """The requests in flight, oldest first."""
-        now = time.monotonic()
-        requests = sorted(list(self.active), key=lambda r: r.started)
-        return [
-            RequestInfo(
-                method=printable(r.environ.get("REQUEST_METHOD", "?")),
-                path=printable(r.environ.get("PATH_INFO", "?")),
-                seconds=now - r.started,
-                thread_id=r.thread_id,
-            )
-            for r in requests
-        ]
+        return _describe(self._in_flight())
+
+
+def _describe(requests: list[Any]) -> list[RequestInfo]:
+    now = time.monotonic()
+    return [
+        RequestInfo(
+            method=printable(r.environ.get("REQUEST_METHOD", "?")),
+            path=printable(r.environ.get("PATH_INFO", "?")),
+            seconds=now - r.started,
+            thread_id=r.thread_id,
+        )
+        for r in sorted(requests, key=lambda r: r.started)
+    ]
 
 
 class InFlightMiddleware:

@@ -25,6 +25,12 @@ defaults
     timeout client 30s
     timeout server 30s
     timeout http-keep-alive 30s
+    # A check's answer may take this long (without it HAProxy waits ``inter``,
+    # 300 ms below): a server counts as down when it says so (503) or refuses
+    # connections, not when a busy machine is slow. On CI's 2 busy cores the one
+    # server left serving while the other restarted was once stalled for 0.9 s:
+    # two checks timed out, both servers were down, thousands of requests got 503.
+    timeout check 2s
     # A kept-alive server connection that the server closed just as HAProxy
     # sent a request on it (a race of HTTP keep-alive itself) is retried; a
     # refused connection is not: that failure is what this test looks for.

@@ -5,11 +5,17 @@ each one every 300 ms. Each server in turn gets SIGTERM and is started again,
 twice, while 16 keep-alive clients send requests through HAProxy. The same
 scenario runs with plain gunicorn to show the failures graceful_gunicorn
 avoids; only 127.0.0.1 is used and the load is bounded in time and count.
+
+A server counts as down when it says so (the readiness path's 503) or refuses
+connections, not when a busy machine is slow to answer (``timeout check`` in
+tests/haproxy.py); the test fails with HAProxy's reason when the server left
+serving was marked down too.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +30,13 @@ from .test_shutdown_signals import GRACEFUL, worker_args
 
 READY = "/-/ready"
 SHUTDOWN_DELAY = 2
+
+
+def down_reasons(haproxy: HAProxy, server: int) -> list[str]:
+    """Why HAProxy marked ``s<server>`` down, each time (its log line's own words)."""
+    return re.findall(
+        rf"^Server app/s{server} is DOWN, (reason: .*?)\. \d+ active", haproxy.log(), re.M
+    )
 
 
 def rolling_restarts(
@@ -47,8 +60,11 @@ def rolling_restarts(
         load = Load(haproxy.port, "/", connections=16, max_seconds=90).start()
         for _ in range(2):
             for i in range(2):
-                downs = haproxy.state_changes(i).count("DOWN")
-                ups = haproxy.state_changes(i).count("UP")
+                other = 1 - i
+                changes = haproxy.state_changes(i)
+                assert changes[-1:] != ["DOWN"], f"{mode}: s{i} is down before its restart"
+                downs, ups = changes.count("DOWN"), changes.count("UP")
+                other_downs = len(down_reasons(haproxy, other))
                 servers[i].signal(signal.SIGTERM)
                 if graceful:
                     wait_until(
@@ -71,6 +87,10 @@ def rolling_restarts(
                     10,
                     f"haproxy to mark s{i} up again",
                 )
+                # The other server served alone meanwhile: had HAProxy marked it
+                # down too, it had no server for a while and answered 503.
+                also_down = down_reasons(haproxy, other)[other_downs:]
+                assert not also_down, f"{mode}: haproxy marked s{other} down too: {also_down}"
         result = load.stop()
     finally:
         haproxy.stop()

@@ -561,5 +561,35 @@ def test_request_ends_say_served_or_cut(requests: InFlight) -> None:
         finally:
             cut_mid_response.close()  # type: ignore[attr-defined]
 
-    assert ends == [True, True, False, False]
+    assert [served for _, served in ends] == [True, True, False, False]
+    tally = requests.tally()
+    assert (tally.served, tally.cut, tally.left) == (2, 2, [])
     assert len(requests) == 0
+
+
+def test_a_request_through_two_watched_middleware_counts_once() -> None:
+    """An app mounted inside another app's middleware: one request, two in-flight
+    sets, one environ. Combined, it is one in flight and one served (it was two)."""
+    from graceful_gunicorn.lifecycle import Lifecycle
+
+    outer, inner = Lifecycle(), Lifecycle()
+    release = threading.Event()
+
+    def slow(env: Any, sr: Any) -> list[bytes]:
+        release.wait(WAIT)
+        return [b"done"]
+
+    app = outer.wrap(inner.wrap(slow))
+    both = Lifecycle.combine([outer, inner]).requests
+    both.watch_ends()
+    with ThreadPoolExecutor(1) as pool:
+        response = pool.submit(app, environ(), start_response)
+        deadline = time.monotonic() + WAIT
+        while len(both) == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert len(both) == 1
+        assert [r.path for r in both.snapshot()] == ["/"]
+        release.set()
+        response.result(WAIT).close()
+    tally = both.tally()
+    assert (tally.served, tally.cut, tally.left) == (1, 0, [])

@@ -947,3 +947,23 @@ def test_old_style_folders_are_removed_only_when_empty_ours_and_a_day_old(
     os.chown(theirs, NOBODY.pw_uid, NOBODY.pw_gid)
     assert worker_reports.remove_stale(str(tmp_path)) == [str(gone)]
     assert young.is_dir() and full.is_dir() and theirs.is_dir()
+
+
+def test_a_child_counts_running_without_os_waitid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The master's SIGKILL bookkeeping never raises: macOS before Python 3.13 has
+    no os.waitid (the master crashed in gunicorn's stop(), before its SIGKILL)."""
+    import subprocess
+    import sys
+
+    from graceful_gunicorn import master
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert master._running(child.pid)
+        monkeypatch.delattr(os, "waitid")
+        assert master._running(child.pid)
+    finally:
+        child.kill()
+        child.wait(10)
+    monkeypatch.undo()
+    assert not master._running(child.pid)  # reaped: no longer our child

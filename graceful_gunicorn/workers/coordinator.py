@@ -221,10 +221,17 @@ class WorkerShutdown:
         if (
             MASTER_QUICK_LIMIT is not None
             and state is not None
-            and state.stop_kind == master_state.STOP_TERMINATE
+            and state.stop_kind != master_state.STOP_NONE
         ):
-            # The master relayed it from inside its stop(): its new limit is near.
-            budget = min(budget, MASTER_QUICK_LIMIT - safety_margin(MASTER_QUICK_LIMIT))
+            # The master relayed it from inside its stop(), which SIGKILLs the
+            # workers MASTER_QUICK_LIMIT after that relay; the master marks its
+            # stop quick before it sends, so the kind says nothing here. Counted
+            # from the relay once the master noted it: this handler may run late.
+            left = MASTER_QUICK_LIMIT - safety_margin(MASTER_QUICK_LIMIT)
+            relayed_at = state.quick_relayed_at
+            if relayed_at > 0:
+                left -= max(0.0, time.monotonic() - relayed_at)
+            budget = min(budget, max(0.0, left))
         return budget
 
     def request_after_sigterm(self, signal_name: str = "SIGTERM") -> None:
