@@ -17,6 +17,7 @@ process open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import math
 import threading
@@ -148,10 +149,15 @@ AsyncRunner = Callable[[Coroutine[Any, Any, None]], None]
 """Runs an ``async def`` callback's coroutine to its end: :func:`asyncio.run` by default."""
 
 
-def _call(registration: Registration, ctx: ShutdownContext, run_async: AsyncRunner) -> None:
+def _call(
+    registration: Registration,
+    ctx: ShutdownContext,
+    run_async: AsyncRunner,
+    remaining: Callable[[], float],
+) -> None:
     result = registration.func(ctx) if registration.takes_context else registration.func()
     if inspect.isawaitable(result):
-        run_async(_bounded(result, ctx))
+        run_async(_bounded(result, remaining))
 
 
 class _DeadlinePassed(Exception):
@@ -164,16 +170,23 @@ class _DeadlinePassed(Exception):
 _CANCEL_AHEAD = 0.05
 
 
-async def _bounded(awaitable: Awaitable[Any], ctx: ShutdownContext) -> None:
-    # wait_for cancels the coroutine at the deadline, so its `finally` blocks run.
-    limit = max(0.0, ctx.remaining() - _CANCEL_AHEAD)
-    started = time.monotonic()
-    try:
-        await asyncio.wait_for(awaitable, timeout=limit)
-    except asyncio.TimeoutError:
-        if time.monotonic() - started < limit:
-            raise  # the callback's own TimeoutError: an error, not our timeout
-        raise _DeadlinePassed from None
+async def _bounded(awaitable: Awaitable[Any], remaining: Callable[[], float]) -> None:
+    """Await the callback until ``remaining()`` (which may shrink: a quick signal
+    during a graceful stop) runs out, then cancel it, so that its ``finally``
+    blocks run before the next callback starts."""
+    task = asyncio.ensure_future(awaitable)
+    while True:
+        left = remaining() - _CANCEL_AHEAD
+        if left <= 0:
+            break
+        done, _ = await asyncio.wait({task}, timeout=min(left, _CUT_CHECK_INTERVAL))
+        if done:
+            task.result()  # the callback's own exception, its own TimeoutError too
+            return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    raise _DeadlinePassed
 
 
 def run_callback(
@@ -199,7 +212,7 @@ def run_callback(
 
     def target() -> None:
         try:
-            (registration.invoke or invoke)(lambda: _call(registration, ctx, run_async))
+            (registration.invoke or invoke)(lambda: _call(registration, ctx, run_async, remaining))
         except BaseException as exc:  # noqa: BLE001 - the policy: nothing escapes
             outcome.error = exc
         finally:

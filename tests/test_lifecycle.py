@@ -702,6 +702,38 @@ def test_escalate_shortens_a_running_on_shutdown_callback(lifecycle: Lifecycle) 
     assert ran == ["first registered, runs last"]
 
 
+def test_escalate_cancels_a_running_async_callback_at_the_new_cut(lifecycle: Lifecycle) -> None:
+    """An async on_shutdown callback awaiting when the stop turns quick is
+    cancelled at the quick cut (its ``finally`` runs then), not left running
+    beside the next callback until its own timeout."""
+    entered = threading.Event()
+    events: list[str] = []
+
+    async def awaits() -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(WAIT * 4)
+        finally:
+            events.append("cancelled")
+
+    lifecycle.on_shutdown(lambda: events.append("next"), timeout=1)
+    lifecycle.on_shutdown(awaits, timeout=WAIT * 4)
+    thread, result = run_in_thread(lambda: lifecycle.shutdown(timeout=WAIT * 6))
+    assert entered.wait(WAIT)
+    sequence = lifecycle.sequence
+    assert sequence is not None
+    started = time.monotonic()
+    sequence.escalate(time.monotonic() + 0.5)
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 1.5
+    assert events == ["cancelled", "next"]
+    assert [(c.phase, c.outcome) for c in result[0].callbacks if c.phase == "on_shutdown"] == [
+        ("on_shutdown", "timeout"),
+        ("on_shutdown", "ok"),
+    ]
+
+
 # -- find_lifecycle ---------------------------------------------------------------
 
 
