@@ -113,6 +113,21 @@ def run_in_thread(func: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]
     return thread, result
 
 
+def shutdown_then_escalate(lifecycle: Lifecycle, entered: threading.Event, cut: float) -> Any:
+    """A graceful shutdown that turns quick, ``cut`` seconds from then, once
+    ``entered`` is set; it must end within 1.5 s of that. Returns its report."""
+    thread, result = run_in_thread(lambda: lifecycle.shutdown(timeout=WAIT * 6))
+    assert entered.wait(WAIT)
+    sequence = lifecycle.sequence
+    assert sequence is not None
+    started = time.monotonic()
+    sequence.escalate(time.monotonic() + cut)
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 1.5
+    return result[0]
+
+
 # -- registration -------------------------------------------------------------------
 
 
@@ -654,18 +669,10 @@ def test_escalate_cuts_a_running_before_shutdown_callback(lifecycle: Lifecycle) 
     lifecycle.before_shutdown(blocks, timeout=WAIT * 4)
     lifecycle.on_shutdown(lambda ctx: reasons.append(ctx.reason), timeout=1)
     try:
-        thread, result = run_in_thread(lambda: lifecycle.shutdown(timeout=WAIT * 6))
-        assert entered.wait(WAIT)
-        sequence = lifecycle.sequence
-        assert sequence is not None
-        started = time.monotonic()
-        sequence.escalate(time.monotonic() + 2)
-        thread.join(WAIT)
-        assert not thread.is_alive()
-        assert time.monotonic() - started < 1.5
+        report = shutdown_then_escalate(lifecycle, entered, cut=2)
     finally:
         release.set()
-    outcomes = {(c.phase, c.outcome) for c in result[0].callbacks}
+    outcomes = {(c.phase, c.outcome) for c in report.callbacks}
     assert ("before_shutdown", "timeout") in outcomes
     assert reasons == ["quick"]
 
@@ -683,19 +690,11 @@ def test_escalate_shortens_a_running_on_shutdown_callback(lifecycle: Lifecycle) 
     lifecycle.on_shutdown(lambda: ran.append("first registered, runs last"), timeout=1)
     lifecycle.on_shutdown(blocks, timeout=WAIT * 4)
     try:
-        thread, result = run_in_thread(lambda: lifecycle.shutdown(timeout=WAIT * 6))
-        assert entered.wait(WAIT)
-        sequence = lifecycle.sequence
-        assert sequence is not None
-        started = time.monotonic()
-        sequence.escalate(time.monotonic() + 0.5)
-        thread.join(WAIT)
-        assert not thread.is_alive()
-        assert time.monotonic() - started < 1.5
+        report = shutdown_then_escalate(lifecycle, entered, cut=0.5)
     finally:
         release.set()
     # the quick budget is shared: the blocked one gets its half, the next one its turn
-    assert [(c.phase, c.outcome) for c in result[0].callbacks if c.phase == "on_shutdown"] == [
+    assert [(c.phase, c.outcome) for c in report.callbacks if c.phase == "on_shutdown"] == [
         ("on_shutdown", "timeout"),
         ("on_shutdown", "ok"),
     ]
@@ -718,17 +717,9 @@ def test_escalate_cancels_a_running_async_callback_at_the_new_cut(lifecycle: Lif
 
     lifecycle.on_shutdown(lambda: events.append("next"), timeout=1)
     lifecycle.on_shutdown(awaits, timeout=WAIT * 4)
-    thread, result = run_in_thread(lambda: lifecycle.shutdown(timeout=WAIT * 6))
-    assert entered.wait(WAIT)
-    sequence = lifecycle.sequence
-    assert sequence is not None
-    started = time.monotonic()
-    sequence.escalate(time.monotonic() + 0.5)
-    thread.join(WAIT)
-    assert not thread.is_alive()
-    assert time.monotonic() - started < 1.5
+    report = shutdown_then_escalate(lifecycle, entered, cut=0.5)
     assert events == ["cancelled", "next"]
-    assert [(c.phase, c.outcome) for c in result[0].callbacks if c.phase == "on_shutdown"] == [
+    assert [(c.phase, c.outcome) for c in report.callbacks if c.phase == "on_shutdown"] == [
         ("on_shutdown", "timeout"),
         ("on_shutdown", "ok"),
     ]
