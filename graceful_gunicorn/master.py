@@ -230,6 +230,7 @@ class MasterStop:
         if sig == signal.SIGQUIT and self.record is not None and self.record.reason != "quick":
             self._record("quick", self._quick_signal, 0.0)
             self.state.begin_stop(master_state.STOP_QUICK, time.monotonic())
+            self.state.note_escalation()
         if sig == signal.SIGKILL and self.record is not None:
             # stop() at its limit: whoever is left is killed, report or not; one
             # that exited since stop()'s last reap (0.1 s ago) is not. Nothing here

@@ -34,6 +34,8 @@ _RECYCLED = struct.Struct("<I")
 _RECYCLED_AT = _LAYOUT.size + 4
 _RELAYED = struct.Struct("<d")
 _RELAYED_AT = _RECYCLED_AT + _RECYCLED.size
+# Then one byte: the master's graceful stop turned quick inside gunicorn's stop().
+_ESCALATED = _RELAYED_AT + _RELAYED.size
 
 
 class MasterState:
@@ -41,7 +43,7 @@ class MasterState:
 
     def __init__(self) -> None:
         # Anonymous and MAP_SHARED: the forked workers see the master's writes.
-        self._map = mmap.mmap(-1, _RELAYED_AT + _RELAYED.size)
+        self._map = mmap.mmap(-1, _ESCALATED + 1)
         # An unlinked file whose POSIX record lock (per process, unlike flock's,
         # which forked workers would share) makes claim_boot_failure atomic.
         self._lock = tempfile.TemporaryFile()
@@ -103,6 +105,16 @@ class MasterState:
     def quick_relayed_at(self) -> float:
         """When the master last sent its workers SIGQUIT (0: never)."""
         return float(_RELAYED.unpack_from(self._map, _RELAYED_AT)[0])
+
+    def note_escalation(self) -> None:
+        """From the master: its graceful stop just turned quick inside gunicorn's
+        ``stop()``, which gunicorn 25+ ends 2 s after that relay (arbiter.py)."""
+        self._map[_ESCALATED] = 1
+
+    @property
+    def escalated(self) -> bool:
+        """Whether the master's graceful stop turned quick inside gunicorn's ``stop()``."""
+        return self._map[_ESCALATED] != 0
 
     def claim_boot_failure(self) -> bool:
         """From a worker whose app cannot work: whether it is the one to say so.

@@ -99,9 +99,10 @@ _monotonic = time.monotonic
 # threading.get_ident is looked up on each call: gevent patches it after import.
 
 
-#: How one request ended, once watched: its environ (the identity that inner
-#: and outer middleware of one request share) and whether it was served.
+#: How one request ended, once watched: a token stored in its environ (which
+#: inner and outer middleware of one request share) and whether it was served.
 End = tuple[object, bool]
+_END_TOKEN = "graceful_gunicorn.ended"
 
 
 class _Active(set):  # type: ignore[type-arg]
@@ -129,7 +130,10 @@ class _Watched(_Active):
         meanwhile sees it in both places, never in neither; counts dedupe."""
         if request in self:
             cut = sys.exc_info()[0]
-            self.ends.append((request.environ, cut is None or issubclass(cut, Exception)))
+            # A token, not the environ, names the request: nested middleware share
+            # it, and the environ (with what hangs on it) is not kept alive.
+            token = request.environ.setdefault(_END_TOKEN, object())
+            self.ends.append((token, cut is None or issubclass(cut, Exception)))
             set.discard(self, request)
 
 
@@ -177,9 +181,9 @@ class InFlight:
     def tally(self) -> RequestEnds:
         """How the requests ended since :meth:`watch_ends`, each counted once."""
         in_flight = self._in_flight()  # first: a request leaves it after it ended
-        ended = {id(environ): served for environ, served in (self.ends or [])[:]}
+        ended = dict((self.ends or [])[:])
         served = sum(ended.values())
-        left = [r for r in in_flight if id(r.environ) not in ended]
+        left = [r for r in in_flight if r.environ.get(_END_TOKEN) not in ended]
         return RequestEnds(served, len(ended) - served, _describe(left))
 
     def snapshot(self) -> list[RequestInfo]:

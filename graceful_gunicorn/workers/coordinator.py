@@ -218,15 +218,11 @@ class WorkerShutdown:
     def _escalated_budget(self) -> float:
         budget = self.settings.quick_shutdown_timeout
         state = master_state.current()
-        if (
-            MASTER_QUICK_LIMIT is not None
-            and state is not None
-            and state.stop_kind != master_state.STOP_NONE
-        ):
-            # The master relayed it from inside its stop(), which SIGKILLs the
-            # workers MASTER_QUICK_LIMIT after that relay; the master marks its
-            # stop quick before it sends, so the kind says nothing here. Counted
-            # from the relay once the master noted it: this handler may run late.
+        if MASTER_QUICK_LIMIT is not None and state is not None and state.escalated:
+            # The master relayed it from inside its graceful stop(), which SIGKILLs
+            # the workers MASTER_QUICK_LIMIT after that relay (a quick stop from
+            # the running master keeps graceful_timeout). Counted from the relay
+            # once the master noted it: this handler may run late.
             left = MASTER_QUICK_LIMIT - safety_margin(MASTER_QUICK_LIMIT)
             relayed_at = state.quick_relayed_at
             if relayed_at > 0:

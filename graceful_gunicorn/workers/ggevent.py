@@ -8,7 +8,7 @@ import gc
 import io
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
 from types import FrameType
 from typing import Any, cast
@@ -228,9 +228,21 @@ def _run_in_a_native_thread(coroutine: Coroutine[Any, Any, None]) -> None:
     # run dry when callbacks block in C calls past their timeouts.
     pool = gevent.threadpool.ThreadPool(1)
     try:
-        pool.apply(context.run, (asyncio.run, coroutine))
+        # The exception comes back as a value: gevent's pool prints a traceback
+        # of its own (to stderr, past gunicorn's log) for one raised in a thread.
+        failure = pool.apply(context.run, (_exception_of, asyncio.run, coroutine))
     finally:
         pool.kill()
+    if failure is not None:
+        raise failure
+
+
+def _exception_of(run: Callable[[Any], Any], coroutine: Any) -> BaseException | None:
+    try:
+        run(coroutine)
+    except BaseException as exc:  # noqa: BLE001 - raised again in the calling greenlet
+        return exc
+    return None
 
 
 class _StopAwareGevent:
