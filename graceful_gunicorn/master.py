@@ -228,9 +228,11 @@ class MasterStop:
         summary counts them killed.
         """
         if sig == signal.SIGQUIT and self.record is not None and self.record.reason != "quick":
+            graceful_stop = self.state.stop_kind == master_state.STOP_TERMINATE
             self._record("quick", self._quick_signal, 0.0)
             self.state.begin_stop(master_state.STOP_QUICK, time.monotonic())
-            self.state.note_escalation()
+            if graceful_stop:  # not gunicorn's stop(False) after an error in its loop
+                self.state.note_escalation()
         if sig == signal.SIGKILL and self.record is not None:
             # stop() at its limit: whoever is left is killed, report or not; one
             # that exited since stop()'s last reap (0.1 s ago) is not. Nothing here

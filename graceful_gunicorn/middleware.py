@@ -105,6 +105,39 @@ End = tuple[object, bool]
 _END_TOKEN = "graceful_gunicorn.ended"
 
 
+class _Ended:
+    """Stored in a watched request's environ as it ends, to count it once."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<graceful_gunicorn: this request has ended>"
+
+
+def _key(environ: Any) -> object:
+    """What names a request in the ends: a token in its environ (nested middleware
+    share the environ, and the environ, with what hangs on it, is not kept alive);
+    for an environ that takes no new key (not a dict), the environ itself."""
+    if isinstance(environ, dict):
+        return environ.setdefault(_END_TOKEN, _Ended())
+    return _Same(environ)  # PEP 3333 asks for a dict; count it anyway
+
+
+class _Same:
+    """A key equal only for one object, hashable whatever it is."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+
 class _Active(set):  # type: ignore[type-arg]
     """The requests in flight: a plain set's C methods on the request path."""
 
@@ -129,12 +162,11 @@ class _Watched(_Active):
         server then answers). Recorded before the removal, so that a count taken
         meanwhile sees it in both places, never in neither; counts dedupe."""
         if request in self:
-            cut = sys.exc_info()[0]
-            # A token, not the environ, names the request: nested middleware share
-            # it, and the environ (with what hangs on it) is not kept alive.
-            token = request.environ.setdefault(_END_TOKEN, object())
-            self.ends.append((token, cut is None or issubclass(cut, Exception)))
-            set.discard(self, request)
+            try:
+                cut = sys.exc_info()[0]
+                self.ends.append((_key(request.environ), cut is None or issubclass(cut, Exception)))
+            finally:
+                set.discard(self, request)
 
 
 @dataclass(frozen=True)
@@ -183,12 +215,17 @@ class InFlight:
         in_flight = self._in_flight()  # first: a request leaves it after it ended
         ended = dict((self.ends or [])[:])
         served = sum(ended.values())
-        left = [r for r in in_flight if r.environ.get(_END_TOKEN) not in ended]
+        left = [r for r in in_flight if _ended_key(r.environ) not in ended]
         return RequestEnds(served, len(ended) - served, _describe(left))
 
     def snapshot(self) -> list[RequestInfo]:
         """The requests in flight, oldest first."""
         return _describe(self._in_flight())
+
+
+def _ended_key(environ: Any) -> object:
+    """The key :func:`_key` gave ``environ``'s end, if it ended (``None`` if not)."""
+    return environ.get(_END_TOKEN) if isinstance(environ, dict) else _Same(environ)
 
 
 def _describe(requests: list[Any]) -> list[RequestInfo]:

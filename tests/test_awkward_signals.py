@@ -357,3 +357,32 @@ def test_a_quick_stop_of_a_running_master_keeps_a_stopping_workers_quick_budget(
     # shared, before.
     assert len(cut) == 2 and cut[stopping] >= 1.4, log
     assert "0 killed" in log.split("shutdown summary")[1], log
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_a_group_ctrl_c_during_a_graceful_stop_ends_before_gunicorns_sigkill(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. quick_shutdown_timeout=20, an on_shutdown callback hanging 2. SIGTERM the
+    master 3. once the callback runs, SIGINT the whole process group (Ctrl+C).
+
+    Result: the workers, which get the SIGINT before the master relays it, keep
+    to the 2 s after which gunicorn 25+ SIGKILLs them (they planned 20 s, shared: killed);
+    no worker is killed on any gunicorn.
+    """
+    server = gunicorn(
+        [*GRACEFUL, *worker_args(worker_class, workers=1), APP],
+        {"MISBEHAVE": "hang_quick", "GRACEFUL_QUICK_SHUTDOWN_TIMEOUT": "20"},
+    )
+    server.wait_ready(workers=1)
+    server.signal(signal.SIGTERM)
+    wait_until(
+        lambda: any(e.get("name") == "hang-start" for e in server.events("callback")),
+        20,
+        "the hanging on_shutdown",
+    )
+    server.signal_group(signal.SIGINT)
+    assert server.wait_exit(30) == 0
+    log = server.log()
+    assert "SIGKILL" not in log, log
+    assert "0 killed" in log.split("shutdown summary")[1], log

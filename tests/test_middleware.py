@@ -593,3 +593,26 @@ def test_a_request_through_two_watched_middleware_counts_once() -> None:
         response.result(WAIT).close()
     tally = both.tally()
     assert (tally.served, tally.cut, tally.left) == (1, 0, [])
+
+
+def test_a_watched_request_whose_environ_is_no_dict_still_ends(requests: InFlight) -> None:
+    """PEP 3333 asks for a dict, but a middleware may pass a read-only mapping:
+    the request still leaves the in-flight set once and counts as served, and the
+    app's own exception is the one that propagates."""
+    import types
+
+    requests.watch_ends()
+
+    def raising(env: Any, sr: Any) -> Any:
+        raise Boom
+
+    with pytest.raises(Boom):
+        counted(raising, requests)(types.MappingProxyType(environ()), start_response)  # type: ignore[arg-type]
+    frozen = types.MappingProxyType(environ())
+    response = counted(lambda env, sr: Body([b"ok"]), requests)(frozen, start_response)  # type: ignore[arg-type]
+    assert len(requests) == 1
+    tally = requests.tally()
+    assert (tally.served, len(tally.left)) == (1, 1)
+    response.close()  # type: ignore[attr-defined]
+    tally = requests.tally()
+    assert (len(requests), tally.served, tally.cut, tally.left) == (0, 2, 0, [])

@@ -86,6 +86,28 @@ EXIT_GRACE = 2.0
 MASTER_QUICK_LIMIT = 2.0 if gunicorn.version_info >= (25, 0) else None
 
 
+def _master_quick_cap() -> float | None:
+    """Seconds left before gunicorn 25+ SIGKILLs the workers, or ``None`` if it will not soon.
+
+    gunicorn 25+ reads a SIGINT/SIGQUIT inside its graceful ``stop()``, relays
+    SIGQUIT and kills ``MASTER_QUICK_LIMIT`` after that relay (arbiter.py); a quick
+    stop of the running master keeps ``graceful_timeout``. The master notes that
+    it relayed from inside its graceful stop; before it has (a quick signal sent
+    to the whole process group reaches a worker first), its stop kind still says
+    ``STOP_TERMINATE``. Counted from the relay once the master noted its time.
+    """
+    state = master_state.current()
+    if MASTER_QUICK_LIMIT is None or state is None:
+        return None
+    if not (state.escalated or state.stop_kind == master_state.STOP_TERMINATE):
+        return None
+    left = MASTER_QUICK_LIMIT - safety_margin(MASTER_QUICK_LIMIT)
+    relayed_at = state.quick_relayed_at
+    if relayed_at > 0:
+        left -= max(0.0, time.monotonic() - relayed_at)
+    return max(0.0, left)
+
+
 #: How long a worker waits for the master to explain a SIGTERM it has not
 #: recorded (yet): sent to the whole process group (systemd's default
 #: KillMode, ``kill -TERM -PGID``), it can reach a worker long before a busy
@@ -217,18 +239,8 @@ class WorkerShutdown:
 
     def _escalated_budget(self) -> float:
         budget = self.settings.quick_shutdown_timeout
-        state = master_state.current()
-        if MASTER_QUICK_LIMIT is not None and state is not None and state.escalated:
-            # The master relayed it from inside its graceful stop(), which SIGKILLs
-            # the workers MASTER_QUICK_LIMIT after that relay (a quick stop from
-            # the running master keeps graceful_timeout). Counted from the relay
-            # once the master noted it: this handler may run late.
-            left = MASTER_QUICK_LIMIT - safety_margin(MASTER_QUICK_LIMIT)
-            relayed_at = state.quick_relayed_at
-            if relayed_at > 0:
-                left -= max(0.0, time.monotonic() - relayed_at)
-            budget = min(budget, max(0.0, left))
-        return budget
+        cap = _master_quick_cap()
+        return budget if cap is None else min(budget, cap)
 
     def request_after_sigterm(self, signal_name: str = "SIGTERM") -> None:
         """SIGTERM: ask for a shutdown for the reason the master recorded.
@@ -362,6 +374,9 @@ class WorkerShutdown:
         master_deadline = started + self.graceful_timeout - plan.margin
         if plan.quick:
             # counted from now: the app may have been loading since the signal
+            cap = _master_quick_cap()
+            if cap is not None:  # a quick signal in the master's graceful stop
+                master_deadline = min(master_deadline, time.monotonic() + cap)
             return min(time.monotonic() + plan.budget, master_deadline)
         return master_deadline
 
@@ -467,7 +482,7 @@ class WorkerShutdown:
         if not self.loop_finished.wait(0.05):
             self.worker.interrupt_main()
         margin = safety_margin(self.graceful_timeout)
-        if sequence.escalated and MASTER_QUICK_LIMIT is not None:
+        if sequence.quick and MASTER_QUICK_LIMIT is not None and _master_quick_cap() is not None:
             margin = safety_margin(MASTER_QUICK_LIMIT)  # the master kills 2 s after the SIGINT
         master_kills_at = sequence.deadline + margin
         give_up_at = min(master_kills_at - margin / 2, time.monotonic() + EXIT_GRACE)

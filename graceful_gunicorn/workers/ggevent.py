@@ -234,7 +234,10 @@ def _run_in_a_native_thread(coroutine: Coroutine[Any, Any, None]) -> None:
     finally:
         pool.kill()
     if failure is not None:
-        raise failure
+        try:
+            raise failure
+        finally:
+            del failure  # no cycle through the traceback's frame
 
 
 def _exception_of(run: Callable[[Any], Any], coroutine: Any) -> BaseException | None:
