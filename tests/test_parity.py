@@ -16,7 +16,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -432,6 +432,20 @@ def get(port: int, path: str, label: str) -> tuple[Outcome, str]:
     return answer.outcome(label), answer.body.split(b"\n", 1)[0].decode()
 
 
+#: How long a forked child gets to end on its SIGTERM before it is killed.
+CHILD_GRACE = 5.0
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Whether ``predicate`` became true within ``timeout`` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def a_forked_child_gets_sigterm(server: Gunicorn) -> list[Outcome]:
     """1. a request forks a child 2. SIGTERM to the child 3. the worker still serves."""
     first, worker = get(server.port, "/pid", "pid before")
@@ -439,7 +453,14 @@ def a_forked_child_gets_sigterm(server: Gunicorn) -> list[Outcome]:
     ready = server.workdir / f"child-{child}.ready"
     wait_until(ready.exists, EVENT_TIMEOUT, "the child's SIGTERM handler")
     os.kill(int(child), signal.SIGTERM)
-    wait_until(partial(process_gone, int(child)), EVENT_TIMEOUT, "the child to end")
+    # The SIGTERM has reached the child's C handler, which is what could write into
+    # the worker's pipe (the defect). Whether the child's own Python handler then
+    # runs is CPython's business: on 3.13 a child forked from a gthread pool thread
+    # sometimes never runs it (3 of 40 children of plain gunicorn 26 as of ours),
+    # so one still there after CHILD_GRACE is killed.
+    if not wait_for(partial(process_gone, int(child)), CHILD_GRACE):
+        os.kill(int(child), signal.SIGKILL)
+        wait_until(partial(process_gone, int(child)), EVENT_TIMEOUT, "the killed child to end")
     time.sleep(NO_STOP_WINDOW)  # a negative check: nothing may happen in this window
     after, same = get(server.port, "/pid", "same worker after")
     if same != worker:
