@@ -338,11 +338,12 @@ class KeepAliveLoad:
     ``Connection: close`` makes the client reconnect, as HTTP clients do; an
     error closes the connection and counts as a failure.
 
-    ``gates`` holds a client back: before its request number ``index`` it waits
-    for ``event`` (bounded by ``gate_timeout``), then goes on at its pace from
-    there. A scenario that acts on the server during the load sets them, so
-    that the load cannot end before the server did what the scenario waits for
-    however slow the machine, and both sides still send the same requests.
+    ``gates`` holds a client back: before its request number ``index`` it closes
+    its connection and waits for ``event`` (bounded by ``gate_timeout``), then
+    goes on at its pace from there, on a new connection. A scenario that acts on
+    the server during the load sets them, so that the load cannot end before the
+    server did what the scenario waits for however slow the machine, and both
+    sides still send the same requests.
     """
 
     def __init__(
@@ -398,6 +399,12 @@ class KeepAliveLoad:
         for k in range(self.requests):
             gate = self.gates.get(k)
             if gate is not None and not gate.is_set():
+                if connection is not None:
+                    # Closed, not left idle while held back: a server may close an
+                    # idle kept-alive connection (a stopping one does), and the next
+                    # request would go into it. Idle connections have their own test.
+                    connection.close()
+                    connection = None
                 gate.wait(self.gate_timeout)
                 started = time.monotonic() - k * self.interval
             time.sleep(max(0.0, started + k * self.interval - time.monotonic()))

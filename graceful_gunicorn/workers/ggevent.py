@@ -25,12 +25,8 @@ from gunicorn.workers.ggevent import GeventWorker
 from .base import GracefulWorkerMixin
 
 #: How long a kept-alive connection must have been idle before a stopping
-#: worker closes it: closing it just as the client sends loses that request (a
-#: reset). 0.1 s lost one in 2,000 on a busy CI machine, where a client's thread
-#: can stall that long between two requests; gunicorn 27's gthread worker keeps
-#: such connections 2 s (STOP_KEEPALIVE_LINGER, workers/gthread.py), its gevent
-#: worker for the whole keep-alive timeout.
-IDLE_GRACE = 1.0
+#: worker closes it: closing it just as the client sends would lose a request.
+IDLE_GRACE = 0.1
 
 _monotonic = time.monotonic  # on every request's path
 
