@@ -36,7 +36,7 @@ from .callbacks import (
     run_callback,
 )
 from .context import PHASES, QUICK_REASONS, REASONS, Phase, Reason, ShutdownContext
-from .middleware import InFlight, InFlightMiddleware
+from .middleware import InFlight, InFlightMiddleware, RequestEnds
 from .readiness import Readiness
 from .report import CallbackResult, PhaseResult, ShutdownReport
 
@@ -555,15 +555,9 @@ class ShutdownSequence:
                 last_beat = now
             time.sleep(min(DRAIN_POLL_INTERVAL, until - now))
         duration = time.monotonic() - started
-        # Every request that ended since the shutdown began, by how it ended, not
-        # what was in flight at the start: a sync worker serves its backlog, gevent's
-        # kill cuts a request.
-        ends = self.lifecycle.requests.tally()
-        left = ends.left
+        left = self._count_requests().left
+        served = self.report.requests_drained
         self._drained = True
-        served = ends.served
-        self.report.requests_drained = served
-        self.report.requests_abandoned = len(left) + ends.cut
         self.report.phases.append(PhaseResult("drain", duration))
         if not left and self.lifecycle.in_flight == 0 and ready is not None and not ready():
             self.log.warning(
@@ -595,6 +589,15 @@ class ShutdownSequence:
         )
         return True
 
+    def _count_requests(self) -> RequestEnds:
+        """Count into the report every request that ended since the shutdown began,
+        by how it ended (not what was in flight at the start: a sync worker serves
+        its backlog, gevent's kill cuts a request), and what is still in flight."""
+        ends = self.lifecycle.requests.tally()
+        self.report.requests_drained = ends.served
+        self.report.requests_abandoned = len(ends.left) + ends.cut
+        return ends
+
     def run_all(self) -> ShutdownReport:
         """Every step in order, in this thread; the sequence for in-process servers.
 
@@ -624,9 +627,7 @@ class ShutdownSequence:
             if not self._drained:
                 # A quick stop or an abort does not wait: what is in flight now is
                 # cut, as is what was cut already.
-                ends = self.lifecycle.requests.tally()
-                self.report.requests_drained = ends.served
-                self.report.requests_abandoned = len(ends.left) + ends.cut
+                self._count_requests()
             self.report.duration = time.monotonic() - self.started
             report = self.report
             self.log.info(

@@ -17,8 +17,8 @@ also block the gevent hub). Once a shutdown watches them
 (:meth:`InFlight.watch_ends`), the set becomes one whose removal also records
 how each request ended (an append, atomic too): served, or cut by a
 ``BaseException`` that is not an ``Exception`` (``GreenletExit`` from gevent's
-kill, ``SystemExit``), which no server answers. Until then the request path
-runs no code of ours for it.
+kill, ``SystemExit``): the process, not the app, ended it, whatever the server
+then answers. Until then the request path runs no code of ours for it.
 
 A ``wsgi.file_wrapper`` response is returned as it is, with its ``close``
 hooked, so that gunicorn keeps sending it with ``sendfile()``; a return
