@@ -81,3 +81,35 @@ def test_a_coordinator_that_fails_lets_the_worker_exit() -> None:
     shutdown._watch()
     assert shutdown.done.is_set()
     assert logged == ["graceful_gunicorn: the shutdown coordinator failed"]
+
+
+def test_a_relay_that_comes_as_the_first_quick_handler_starts_is_not_a_second_stop() -> None:
+    """CPython clears a signal's flag before it calls the Python handler: the
+    master's SIGQUIT can come in that gap, after the group's, and run the handler
+    a second time even though the master noted its relay before the first handler
+    read the clock. That second run is the relay, not a second Ctrl+\\; a
+    separate keystroke (RELAY_WINDOW later) is."""
+    from graceful_gunicorn import master_state
+    from graceful_gunicorn.workers.coordinator import RELAY_WINDOW, WorkerShutdown
+
+    state = master_state.create()
+    try:
+        relayed = 1000.0
+        state.begin_stop(master_state.STOP_QUICK, relayed - 0.001)
+        state.note_quick_relay(relayed)
+
+        racing = WorkerShutdown(_NullLog(), 30.0)  # type: ignore[arg-type]
+        racing.quick_at = relayed + 0.002
+        assert racing.take_master_relay(racing.quick_at + 0.01)
+        assert not racing.take_master_relay(racing.quick_at + 0.02)  # once per stop
+
+        merged = WorkerShutdown(_NullLog(), 30.0)  # type: ignore[arg-type]
+        merged.quick_at = relayed + 0.002
+        assert not merged.take_master_relay(merged.quick_at + RELAY_WINDOW)
+
+        early = WorkerShutdown(_NullLog(), 30.0)  # type: ignore[arg-type]
+        early.quick_at = relayed - 0.5  # the relay came after the first handler ran
+        assert early.take_master_relay(relayed + 5)
+    finally:
+        state._lock.close()
+        master_state._current = None

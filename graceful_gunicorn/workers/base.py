@@ -156,6 +156,9 @@ class GracefulWorkerMixin(_Base):
 
     def handle_quit(self, sig: int, frame: FrameType | None) -> None:
         """SIGINT/SIGQUIT: a quick stop; a second one exits at once."""
+        # First, before anything can take the GIL: the master's relay may arrive
+        # any moment after CPython cleared this signal's flag (see take_master_relay).
+        now = time.monotonic()
         graceful = self.graceful
         if graceful is None or not graceful.in_worker:
             super().handle_quit(sig, frame)
@@ -168,12 +171,12 @@ class GracefulWorkerMixin(_Base):
                 # Ctrl+C's SIGINT and the master relaying it as SIGQUIT, in either order
                 graceful.quick_signals.add(sig)
                 return
-            if sig == signal.SIGQUIT and graceful.take_master_relay():
+            if sig == signal.SIGQUIT and graceful.take_master_relay(now):
                 return  # Ctrl+\ (SIGQUIT to the group) and the master's own SIGQUIT
             os.write(2, b"graceful_gunicorn: second quick stop signal, exiting now\n")
             os._exit(0)
         graceful.quick_signals.add(sig)
-        graceful.quick_at = time.monotonic()
+        graceful.quick_at = now
         graceful.request("quick", signal.Signals(sig).name)
 
     def handle_abort(self, sig: int, frame: FrameType | None) -> None:

@@ -116,6 +116,15 @@ def _master_quick_cap() -> float | None:
 REASON_SETTLE = 2.0
 
 
+#: How soon after a worker's first quick handler a repeated SIGQUIT still counts
+#: as the master's relay, even when the master noted its relay before that
+#: handler ran. CPython clears a signal's flag before it calls the Python
+#: handler (Modules/signalmodule.c, _PyErr_CheckSignalsTstate), and the handler
+#: may wait for the GIL: a relay that comes in that gap runs the handler again
+#: instead of merging with the first. A second Ctrl+\ is a separate keystroke.
+RELAY_WINDOW = 0.25
+
+
 class WorkerShutdown:
     """Coordinates the shutdown of one worker process."""
 
@@ -209,8 +218,9 @@ class WorkerShutdown:
                 self.signal_name = signal_name
         self._wake()
 
-    def take_master_relay(self) -> bool:
-        """Whether a SIGQUIT this worker already had may be the master's (once per stop).
+    def take_master_relay(self, now: float) -> bool:
+        """Whether a SIGQUIT this worker already had, handled at ``now``, may be the
+        master's (once per stop).
 
         A stopping master sends its workers one SIGQUIT when it gets SIGINT or
         SIGQUIT (gunicorn < 25: one per signal, through ``_relay_quick_stop``),
@@ -222,12 +232,14 @@ class WorkerShutdown:
         state = master_state.current()
         if self._master_relay_taken or state is None or state.stop_kind == master_state.STOP_NONE:
             return False
-        if 0 < state.quick_relayed_at <= self.quick_at:
+        merged = 0 < state.quick_relayed_at <= self.quick_at
+        if merged and now - self.quick_at >= RELAY_WINDOW:
             # The master had sent every worker its SIGQUIT (it notes the time after
             # the last) before this worker's first quick handler ran: the two were
-            # merged (signals do not queue), this is a second stop. In doubt (the
-            # relay under way), it is the relay: a user can always press again.
+            # merged (signals do not queue), this is a second stop.
             return False
+        # In doubt (the relay under way, or this soon after the first), it is the
+        # relay: a user can always press again.
         self._master_relay_taken = True
         return True
 
