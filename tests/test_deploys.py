@@ -160,8 +160,9 @@ def test_idle_kept_alive_connection_does_not_hold_the_worker(
     """1. --keep-alive 15, graceful_timeout 30; a connection made one request
     and stays open, idle 2. SIGTERM the master.
 
-    Result: the worker exits within a few seconds, not after the keep-alive
-    timeout nor the drain budget.
+    Result: the worker exits a few seconds after the connection's 2 s linger
+    (STOP_KEEPALIVE_LINGER), long before the keep-alive timeout (15 s) and the
+    drain deadline (14.5 s).
     """
     server = gunicorn(
         [
@@ -185,7 +186,7 @@ def test_idle_kept_alive_connection_does_not_hold_the_worker(
     finally:
         idle.close()
     print(f"{worker_class}: exit {took:.2f}s after SIGTERM with an idle kept-alive connection")
-    assert took < 4
+    assert took < 10
     assert len(server.callbacks("after_shutdown")) == 1
 
 

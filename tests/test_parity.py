@@ -373,6 +373,44 @@ def test_idle_and_half_sent_connections_at_sigterm(parity: Parity, worker_class:
     assert plain.ok_count("half-sent") == 1, f"premise: plain answers 200\n{plain.figures()}"
 
 
+#: The scenario: a kept-alive client's pause between an answer and its next
+#: request, counted from the master's SIGTERM (a think time, or a client that a
+#: busy machine leaves unscheduled).
+THINK_TIME = 0.5
+
+
+def thinks_then_sends(server: Gunicorn) -> list[Outcome]:
+    """1. a kept-alive connection makes one request 2. SIGTERM 3. 0.5 s into the
+    stop, its next request on the same connection."""
+    with connect(server.port) as client:
+        client.sendall(HELLO)
+        outcomes = [read_response(client).outcome("first")]
+        server.signal(signal.SIGTERM)
+        wait_until(
+            lambda: "Handling signal: term" in server.log(), EVENT_TIMEOUT, "the stop to begin"
+        )
+        time.sleep(THINK_TIME)  # the scenario's timing, not a synchronisation
+        client.sendall(HELLO)
+        outcomes.append(read_response(client).outcome("after thinking"))
+    server.wait_exit(STOP_TIMEOUT)
+    return outcomes
+
+
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+def test_a_kept_alive_client_that_pauses_into_the_stop_is_answered(
+    parity: Parity, worker_class: str
+) -> None:
+    """1. one worker; a kept-alive connection made one request 2. SIGTERM 3. the
+    next request on it 0.5 s later.
+
+    Result: plain gunicorn answers it (with ``Connection: close``), and so must
+    graceful_gunicorn: its gevent worker closed a connection idle for 0.1 s, and
+    lost the request of a client a busy machine had held back for longer.
+    """
+    plain, _graceful = parity.run(thinks_then_sends, ONE_WORKER_ARGS[worker_class], workers=1)
+    assert plain.ok_count("after thinking") == 1, f"premise: plain answers 200\n{plain.figures()}"
+
+
 # -- e. a silent connection in the backlog (review defect 8) ---------------------------
 
 #: The longest graceful_gunicorn may take to exit beyond plain gunicorn here: the

@@ -481,9 +481,42 @@ def test_second_group_sigquit_ends_the_worker_at_once(
     finally:
         os.kill(worker, signal.SIGCONT)
     wait_until(lambda: server.callbacks("on_shutdown"), 10, "the hanging callback to start")
-    time.sleep(0.3)  # a second Ctrl+\ is a separate keystroke (RELAY_WINDOW)
     started = time.monotonic()
     server.signal_group(signal.SIGQUIT)
+    server.wait_exit(10)
+    assert time.monotonic() - started < 3
+    assert "second quick stop signal, exiting now" in server.log()
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+@pytest.mark.parametrize(
+    ("first", "second"), [(signal.SIGINT, signal.SIGQUIT), (signal.SIGQUIT, signal.SIGINT)]
+)
+def test_ctrl_c_and_ctrl_backslash_are_two_stops(
+    gunicorn: Callable[..., Gunicorn], worker_class: str, first: int, second: int
+) -> None:
+    """1. an on_shutdown callback hangs with a 20 s quick budget 2. Ctrl+C (or
+    Ctrl+\\) to the process group; the master passes its SIGQUIT on 3. the other
+    key, a separate keystroke later.
+
+    Result: the worker exits at once on the second key: the master's SIGQUIT was
+    taken for the relay of the first, so the user's is a second stop. (Ctrl+C
+    then Ctrl+\\ waited out the quick budget when the master noted its relay
+    after the worker's handler ran; the other order always did.)
+    """
+    server = gunicorn(
+        [*GRACEFUL, *worker_args(worker_class, workers=1), "--graceful-timeout", "30", APP],
+        {"MISBEHAVE": "hang_quick", "GRACEFUL_QUICK_SHUTDOWN_TIMEOUT": "20"},
+    )
+    server.wait_ready(workers=1)
+    server.signal_group(first)
+    wait_until(lambda: server.callbacks("on_shutdown"), 10, "the hanging callback to start")
+    wait_until(
+        lambda: "quick stop passed on to the workers" in server.log(), 10, "the master's SIGQUIT"
+    )
+    time.sleep(0.5)  # the scenario: a separate keystroke, not synchronisation
+    started = time.monotonic()
+    server.signal_group(second)
     server.wait_exit(10)
     assert time.monotonic() - started < 3
     assert "second quick stop signal, exiting now" in server.log()

@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
 
 from graceful_gunicorn.workers.gthread import GracefulThread
 
@@ -83,33 +88,98 @@ def test_a_coordinator_that_fails_lets_the_worker_exit() -> None:
     assert logged == ["graceful_gunicorn: the shutdown coordinator failed"]
 
 
-def test_a_relay_that_comes_as_the_first_quick_handler_starts_is_not_a_second_stop() -> None:
-    """CPython clears a signal's flag before it calls the Python handler: the
-    master's SIGQUIT can come in that gap, after the group's, and run the handler
-    a second time even though the master noted its relay before the first handler
-    read the clock. That second run is the relay, not a second Ctrl+\\; a
-    separate keystroke (RELAY_WINDOW later) is."""
-    from graceful_gunicorn import master_state
-    from graceful_gunicorn.workers.coordinator import RELAY_WINDOW, WorkerShutdown
+class _QuickSignals:
+    """A real sync worker's signal handlers, installed in this process, with the
+    master's state of a quick stop: signals sent to ourselves run them as
+    CPython does, and ``os._exit`` is recorded instead of done."""
 
-    state = master_state.create()
-    try:
-        relayed = 1000.0
-        state.begin_stop(master_state.STOP_QUICK, relayed - 0.001)
-        state.note_quick_relay(relayed)
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from gunicorn.config import Config
 
-        racing = WorkerShutdown(_NullLog(), 30.0)  # type: ignore[arg-type]
-        racing.quick_at = relayed + 0.002
-        assert racing.take_master_relay(racing.quick_at + 0.01)
-        assert not racing.take_master_relay(racing.quick_at + 0.02)  # once per stop
+        from graceful_gunicorn import master_state
+        from graceful_gunicorn.workers.sync import GracefulSync
 
-        merged = WorkerShutdown(_NullLog(), 30.0)  # type: ignore[arg-type]
-        merged.quick_at = relayed + 0.002
-        assert not merged.take_master_relay(merged.quick_at + RELAY_WINDOW)
+        self.state = master_state.create()
+        self.state.begin_stop(master_state.STOP_QUICK, time.monotonic())
+        self.worker = GracefulSync(1, os.getpid(), [], None, 30, Config(), _NullLog())
+        self.worker.PIPE = list(os.pipe())
+        for fd in self.worker.PIPE:
+            os.set_blocking(fd, False)
+        self.worker.init_signals()
+        assert self.worker.graceful is not None
+        self.graceful = self.worker.graceful
+        self.exits: list[int] = []
+        monkeypatch.setattr(os, "_exit", self.exits.append)
 
-        early = WorkerShutdown(_NullLog(), 30.0)  # type: ignore[arg-type]
-        early.quick_at = relayed - 0.5  # the relay came after the first handler ran
-        assert early.take_master_relay(relayed + 5)
-    finally:
-        state._lock.close()
+    def send(self, sig: int) -> None:
+        os.kill(os.getpid(), sig)  # its handler runs at the next bytecode
+
+    def close(self) -> None:
+        from graceful_gunicorn import master_state
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGABRT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        self.worker.tmp.close()
+        for fd in (*self.worker.PIPE, self.graceful._wake_read, self.graceful._wake_write):
+            os.close(fd)
+        self.state._lock.close()
         master_state._current = None
+
+
+@pytest.fixture
+def quick_signals(monkeypatch: pytest.MonkeyPatch) -> Iterator[_QuickSignals]:
+    signals = _QuickSignals(monkeypatch)
+    try:
+        yield signals
+    finally:
+        signals.close()
+
+
+def test_a_relay_that_comes_while_the_first_handler_runs_is_not_a_second_stop(
+    quick_signals: _QuickSignals,
+) -> None:
+    """Ctrl+\\: the group's SIGQUIT, then the master's, which comes once CPython
+    has cleared the first one's flag and runs inside that handler. The master
+    noted its relay before the handler read the clock (a busy machine), which
+    read as "merged, so this is a second stop": the worker exited without
+    callbacks. Now one stop; the next SIGQUIT is the user's second."""
+    quick_signals.state.note_quick_relay(time.monotonic())
+    graceful = quick_signals.graceful
+    request = graceful.request
+    relayed: list[bool] = []
+
+    def relay_arrives(*args: Any) -> None:
+        if not relayed:
+            relayed.append(True)
+            quick_signals.send(signal.SIGQUIT)  # the master's, inside the first handler
+        request(*args)
+
+    graceful.request = relay_arrives  # type: ignore[method-assign]
+    quick_signals.send(signal.SIGQUIT)
+    assert relayed and quick_signals.exits == []
+    assert graceful.requested == "quick"
+    quick_signals.send(signal.SIGQUIT)
+    assert quick_signals.exits == [0]
+
+
+def test_ctrl_c_then_ctrl_backslash_is_a_second_stop(quick_signals: _QuickSignals) -> None:
+    """Ctrl+C: the group's SIGINT, then the master's SIGQUIT, merged into one stop.
+    A Ctrl+\\ after that is a second stop, whenever the master noted its relay
+    (it read as the relay when the master noted it after the worker's handler)."""
+    quick_signals.send(signal.SIGINT)
+    quick_signals.state.note_quick_relay(time.monotonic())
+    quick_signals.send(signal.SIGQUIT)  # the master's
+    assert quick_signals.exits == []
+    quick_signals.send(signal.SIGQUIT)  # Ctrl+\
+    assert quick_signals.exits == [0]
+
+
+def test_ctrl_backslash_then_ctrl_c_is_a_second_stop(quick_signals: _QuickSignals) -> None:
+    """The master never sends SIGINT: one after a SIGQUIT is the user's second stop."""
+    quick_signals.send(signal.SIGQUIT)
+    quick_signals.state.note_quick_relay(time.monotonic())
+    quick_signals.send(signal.SIGQUIT)  # the master's
+    assert quick_signals.exits == []
+    quick_signals.send(signal.SIGINT)
+    assert quick_signals.exits == [0]

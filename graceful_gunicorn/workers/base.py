@@ -156,23 +156,29 @@ class GracefulWorkerMixin(_Base):
 
     def handle_quit(self, sig: int, frame: FrameType | None) -> None:
         """SIGINT/SIGQUIT: a quick stop; a second one exits at once."""
-        # First, before anything can take the GIL: the master's relay may arrive
-        # any moment after CPython cleared this signal's flag (see take_master_relay).
         now = time.monotonic()
         graceful = self.graceful
         if graceful is None or not graceful.in_worker:
             super().handle_quit(sig, frame)
             return
+        if _inside_handle_quit(frame):
+            # It came while this handler ran for another quick signal: CPython
+            # runs a pending handler at its next bytecode check, even inside a
+            # running one (Modules/signalmodule.c), so the group's SIGQUIT and the
+            # master's, microseconds apart, land here. One stop; the outer run
+            # goes on with it.
+            if sig == signal.SIGQUIT:
+                graceful.merge_master_relay()
+            return
         if graceful.done.is_set() and not graceful.loop_finished.is_set():
             # Sent by interrupt_main(): leave the request the main thread is stuck in.
             raise SystemExit(0)
         if graceful.quick_signals:
-            if sig not in graceful.quick_signals:
-                # Ctrl+C's SIGINT and the master relaying it as SIGQUIT, in either order
+            if sig == signal.SIGQUIT and graceful.take_master_relay():
+                # Ctrl+C (SIGINT to the group) or Ctrl+\ (SIGQUIT to the group),
+                # then the master's own SIGQUIT: one stop.
                 graceful.quick_signals.add(sig)
                 return
-            if sig == signal.SIGQUIT and graceful.take_master_relay(now):
-                return  # Ctrl+\ (SIGQUIT to the group) and the master's own SIGQUIT
             os.write(2, b"graceful_gunicorn: second quick stop signal, exiting now\n")
             os._exit(0)
         graceful.quick_signals.add(sig)
@@ -221,3 +227,15 @@ class GracefulWorkerMixin(_Base):
     def request_frames(self) -> dict[int, FrameType]:
         """The current frame of each thread that may serve a request, by its ident."""
         return sys._current_frames()
+
+
+_HANDLE_QUIT = GracefulWorkerMixin.handle_quit.__code__
+
+
+def _inside_handle_quit(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside a call of ``handle_quit`` (a nested signal run)."""
+    while frame is not None:
+        if frame.f_code is _HANDLE_QUIT:
+            return True
+        frame = frame.f_back
+    return False

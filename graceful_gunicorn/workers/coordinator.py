@@ -116,15 +116,6 @@ def _master_quick_cap() -> float | None:
 REASON_SETTLE = 2.0
 
 
-#: How soon after a worker's first quick handler a repeated SIGQUIT still counts
-#: as the master's relay, even when the master noted its relay before that
-#: handler ran. CPython clears a signal's flag before it calls the Python
-#: handler (Modules/signalmodule.c, _PyErr_CheckSignalsTstate), and the handler
-#: may wait for the GIL: a relay that comes in that gap runs the handler again
-#: instead of merging with the first. A second Ctrl+\ is a separate keystroke.
-RELAY_WINDOW = 0.25
-
-
 class WorkerShutdown:
     """Coordinates the shutdown of one worker process."""
 
@@ -218,30 +209,35 @@ class WorkerShutdown:
                 self.signal_name = signal_name
         self._wake()
 
-    def take_master_relay(self, now: float) -> bool:
-        """Whether a SIGQUIT this worker already had, handled at ``now``, may be the
+    def take_master_relay(self) -> bool:
+        """Whether a SIGQUIT after this worker's first quick signal may be the
         master's (once per stop).
 
         A stopping master sends its workers one SIGQUIT when it gets SIGINT or
         SIGQUIT (gunicorn < 25: one per signal, through ``_relay_quick_stop``),
-        after it recorded its stop. A SIGQUIT sent to the whole process group
-        (Ctrl+\\, ``kill -QUIT -PGID``, an init that forwards to the group) thus
-        reaches a worker twice, however late the master runs on a busy machine.
-        SIGINT never comes from the master: a repeated SIGINT is always a second stop.
+        after it recorded its stop. Ctrl+C (SIGINT to the whole process group)
+        and Ctrl+\\ (SIGQUIT to it, or ``kill -QUIT -PGID``, or an init that
+        forwards to the group) thus reach a worker twice, however late the
+        master runs on a busy machine. The master never sends SIGINT: a repeated
+        SIGINT is always a second stop, and so is a SIGINT after a SIGQUIT.
         """
         state = master_state.current()
         if self._master_relay_taken or state is None or state.stop_kind == master_state.STOP_NONE:
             return False
-        merged = 0 < state.quick_relayed_at <= self.quick_at
-        if merged and now - self.quick_at >= RELAY_WINDOW:
+        if signal.SIGQUIT in self.quick_signals and 0 < state.quick_relayed_at < self.quick_at:
             # The master had sent every worker its SIGQUIT (it notes the time after
-            # the last) before this worker's first quick handler ran: the two were
-            # merged (signals do not queue), this is a second stop.
+            # the last) before this worker's first quick handler read the clock,
+            # and no second run came inside that handler: the two merged (signals
+            # do not queue), this is a second stop.
             return False
-        # In doubt (the relay under way, or this soon after the first), it is the
-        # relay: a user can always press again.
+        # In doubt (the relay under way), it is the relay: a user can press again.
         self._master_relay_taken = True
         return True
+
+    def merge_master_relay(self) -> None:
+        """A SIGQUIT came while the handler of the first quick signal ran: it is
+        one of the pair that Ctrl+C or Ctrl+\\ gives (see take_master_relay)."""
+        self._master_relay_taken = True
 
     def _wake(self) -> None:
         try:

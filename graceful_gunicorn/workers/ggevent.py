@@ -24,9 +24,15 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from .base import GracefulWorkerMixin
 
-#: How long a kept-alive connection must have been idle before a stopping
-#: worker closes it: closing it just as the client sends would lose a request.
-IDLE_GRACE = 0.1
+#: How long a stopping worker keeps a kept-alive connection open for a next
+#: request, from its last response or the stop, whichever came later (its own
+#: ``keepalive`` timeout still ends it sooner): the client may already be
+#: sending, and a close then loses the request. gunicorn 27's gthread worker
+#: keeps its connections this long (``STOP_KEEPALIVE_LINGER`` in
+#: gunicorn/workers/gthread.py); at the default ``keepalive`` of 2 s, gunicorn's
+#: gevent worker keeps them as long. (0.1 s lost requests of a client that a
+#: busy machine left unscheduled for longer.)
+STOP_KEEPALIVE_LINGER = 2.0
 
 _monotonic = time.monotonic  # on every request's path
 
@@ -66,20 +72,20 @@ class _Connection:
         assert self.timeout is not None
         return cast("bool | None", self.timeout.__exit__(*exc_info))
 
-    @property
-    def idle_kept_alive(self) -> bool:
-        """Waiting after a response for a next request of which no byte has arrived."""
+    def lingered(self, stopped_at: float) -> bool:
+        """Waiting, since ``STOP_KEEPALIVE_LINGER`` after a response and the stop
+        (``stopped_at``), for a next request of which no byte has arrived."""
         if not self.waiting or self.waits < 2:
             return False
-        if time.monotonic() - self.waiting_since < IDLE_GRACE:
-            return False  # a busy client sends its next request within milliseconds
+        if time.monotonic() - max(self.waiting_since, stopped_at) < STOP_KEEPALIVE_LINGER:
+            return False
         try:
             readable, _, _ = _select([self.sock], [], [], 0)
         except (OSError, ValueError):
             return False
         return not readable and _waits_for_first_byte(self.greenlet)
 
-    def close_if_idle(self) -> None:
+    def close_if_idle(self, stopped_at: float) -> None:
         """End the wait for a next request as gunicorn's keep-alive timeout would.
 
         Run by the hub, while the connection's greenlet is suspended: looked at
@@ -88,7 +94,7 @@ class _Connection:
         and closes the connection without a response, where any other
         exception gets a 500 written onto it (base_async.py ``handle``).
         """
-        if self.timeout is not None and not self.greenlet.dead and self.idle_kept_alive:
+        if self.timeout is not None and not self.greenlet.dead and self.lingered(stopped_at):
             self.greenlet.throw(self.timeout)
 
 
@@ -128,8 +134,8 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
 
     gunicorn's gevent worker keeps an idle kept-alive connection open for its
     whole ``keepalive`` timeout after it stopped accepting, so this one tracks
-    which connections wait for a next request and closes the idle ones
-    during the drain.
+    which connections wait for a next request and closes those that waited
+    ``STOP_KEEPALIVE_LINGER`` during the drain.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -137,6 +143,7 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
         self._connections: dict[Any, _Connection] = {}
         self._stop_requested: gevent.event.Event | None = None
         self._listener_names: dict[int, Any] = {}
+        self._stopped_at = 0.0
 
     def run(self) -> None:
         """gunicorn's loop, with its one-second sleeps cut short once we stop.
@@ -173,6 +180,7 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
 
     def stop_serving(self, drain_seconds: float) -> None:
         """Stop accepting, and wake gunicorn's loop at once."""
+        self._stopped_at = time.monotonic()
         super().stop_serving(drain_seconds)
         if self._stop_requested is not None:
             self._stop_requested.set()
@@ -200,11 +208,11 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
         return connection
 
     def release_idle_connections(self) -> None:
-        """Close the kept-alive connections on which no request is coming."""
+        """Close the kept-alive connections on which no request came in time."""
         loop = gevent.get_hub().loop
         for connection in list(self._connections.values()):
-            if connection.idle_kept_alive:
-                loop.run_callback(connection.close_if_idle)
+            if connection.lingered(self._stopped_at):
+                loop.run_callback(connection.close_if_idle, self._stopped_at)
 
     def request_frames(self) -> dict[int, FrameType]:
         """Requests run in greenlets, whose ident is ``id(greenlet)`` under gevent."""
