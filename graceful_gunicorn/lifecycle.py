@@ -562,8 +562,8 @@ class ShutdownSequence:
         if not left and self.lifecycle.in_flight == 0 and ready is not None and not ready():
             self.log.warning(
                 "graceful_gunicorn: drain deadline passed after %.3fs with no request in "
-                "flight but the server still busy (a connection that sent no whole request); "
-                "%d request(s) completed",
+                "flight but the server still busy (a connection open with no whole request "
+                "on it: kept alive, or half sent); %d request(s) completed",
                 duration,
                 served,
             )

@@ -127,8 +127,9 @@ class MasterStop:
     def _note_quick_signal(
         self, queue: Callable[[int, FrameType | None], Any], sig: int, frame: FrameType | None
     ) -> None:
-        # Signal context: one assignment, then gunicorn's own handler.
+        # Signal context: two assignments, then gunicorn's own handler.
         self._quick_signal = signal.Signals(sig).name
+        self.state.note_quick_signal(sig)
         queue(sig, frame)
 
     @classmethod
@@ -164,11 +165,13 @@ class MasterStop:
     def handle_int(self) -> None:
         """SIGINT: a quick stop, also during the shutdown delay."""
         self._record("quick", "SIGINT", 0.0)
+        self.state.note_quick_signal(signal.SIGINT)
         self._begin(master_state.STOP_QUICK, self._int)
 
     def handle_quit(self) -> None:
         """SIGQUIT: a quick stop, also during the shutdown delay."""
         self._record("quick", "SIGQUIT", 0.0)
+        self.state.note_quick_signal(signal.SIGQUIT)
         self._begin(master_state.STOP_QUICK, self._quit)
 
     def handle_hup(self) -> None:
@@ -239,6 +242,8 @@ class MasterStop:
             # may keep gunicorn from sending the SIGKILL.
             with suppress(Exception):
                 self.record.sigkilled = [p for p in sorted(self.server.WORKERS) if _running(p)]
+        if sig == signal.SIGQUIT:
+            self.state.count_quick_relay()
         self._kill_workers(sig)
         if sig == signal.SIGQUIT:
             # After sending: a worker whose first quick handler ran later had it
@@ -257,7 +262,9 @@ class MasterStop:
     def _relay_quick_stop(self, sig: int, frame: FrameType | None) -> None:
         # Signal context, during gunicorn's stop(): record, then only os.kill.
         self._record("quick", signal.Signals(sig).name, 0.0)
+        self.state.note_quick_signal(sig)
         self.state.begin_stop(master_state.STOP_QUICK, time.monotonic())
+        self.state.count_quick_relay()
         for pid in list(self.server.WORKERS):
             with suppress(OSError):
                 os.kill(pid, signal.SIGQUIT)

@@ -36,6 +36,10 @@ _RELAYED = struct.Struct("<d")
 _RELAYED_AT = _RECYCLED_AT + _RECYCLED.size
 # Then one byte: the master's graceful stop turned quick inside gunicorn's stop().
 _ESCALATED = _RELAYED_AT + _RELAYED.size
+# Then two: how many times the master began to send its workers SIGQUIT, and the
+# first quick-stop signal it got (SIGINT or SIGQUIT; 0: none yet).
+_RELAYS = _ESCALATED + 1
+_FIRST_QUICK = _RELAYS + 1
 
 
 class MasterState:
@@ -43,7 +47,7 @@ class MasterState:
 
     def __init__(self) -> None:
         # Anonymous and MAP_SHARED: the forked workers see the master's writes.
-        self._map = mmap.mmap(-1, _ESCALATED + 1)
+        self._map = mmap.mmap(-1, _FIRST_QUICK + 1)
         # An unlinked file whose POSIX record lock (per process, unlike flock's,
         # which forked workers would share) makes claim_boot_failure atomic.
         self._lock = tempfile.TemporaryFile()
@@ -105,6 +109,25 @@ class MasterState:
     def quick_relayed_at(self) -> float:
         """When the master last sent its workers SIGQUIT (0: never)."""
         return float(_RELAYED.unpack_from(self._map, _RELAYED_AT)[0])
+
+    def count_quick_relay(self) -> None:
+        """From the master: it is about to send its workers SIGQUIT."""
+        self._map[_RELAYS] = min(255, self._map[_RELAYS] + 1)
+
+    @property
+    def quick_relays(self) -> int:
+        """How many times the master began to send its workers SIGQUIT."""
+        return self._map[_RELAYS]
+
+    def note_quick_signal(self, signum: int) -> None:
+        """From the master: it got the quick-stop signal ``signum`` (the first one counts)."""
+        if self._map[_FIRST_QUICK] == 0:
+            self._map[_FIRST_QUICK] = signum & 0xFF
+
+    @property
+    def first_quick_signal(self) -> int:
+        """The first quick-stop signal the master got (0: none yet)."""
+        return self._map[_FIRST_QUICK]
 
     def note_escalation(self) -> None:
         """From the master: its graceful stop just turned quick inside gunicorn's

@@ -190,6 +190,46 @@ def test_idle_kept_alive_connection_does_not_hold_the_worker(
     assert len(server.callbacks("after_shutdown")) == 1
 
 
+@pytest.mark.parametrize("worker_class", ["gthread", "gevent"])
+@pytest.mark.parametrize("cut", ["short drain", "ctrl+c in the drain"])
+def test_idle_kept_alive_connection_closes_when_the_drain_ends(
+    gunicorn: Callable[..., Gunicorn], worker_class: str, cut: str
+) -> None:
+    """1. --keep-alive 10; a connection made one request and stays open, idle
+    2. SIGTERM, with a drain shorter than the 2 s a stopping worker keeps such a
+    connection (graceful_timeout 8 with 6 s of callbacks), or SIGTERM then SIGINT
+    once the drain began.
+
+    Result: the connection closes when the drain ends; the worker stops cleanly
+    (gevent's lingered past the drain: the worker was forced to exit, status 1;
+    after a Ctrl+C, gthread's lingered into gunicorn 25+'s SIGKILL).
+    """
+    timeout = "8" if cut == "short drain" else "30"
+    server = gunicorn(
+        [
+            *GRACEFUL,
+            *worker_args(worker_class, workers=1),
+            "--keep-alive",
+            "10",
+            "--graceful-timeout",
+            timeout,
+            APP,
+        ]
+    )
+    server.wait_ready(workers=1)
+    idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        assert request(idle, "GET", "/hello").status == 200
+        server.signal(signal.SIGTERM)
+        if cut == "ctrl+c in the drain":
+            wait_until(lambda: "shutdown started" in server.log(), 20, "the drain to begin")
+            server.signal(signal.SIGINT)
+        assert server.wait_exit(40) == 0
+    finally:
+        idle.close()
+    assert "1 of 1 worker(s) stopped cleanly" in server.log(), server.log()
+
+
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_request_running_when_the_stop_begins_closes_its_connection(
     gunicorn: Callable[..., Gunicorn], worker_class: str

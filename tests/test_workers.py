@@ -100,7 +100,6 @@ class _QuickSignals:
         from graceful_gunicorn.workers.sync import GracefulSync
 
         self.state = master_state.create()
-        self.state.begin_stop(master_state.STOP_QUICK, time.monotonic())
         self.worker = GracefulSync(1, os.getpid(), [], None, 30, Config(), _NullLog())
         self.worker.PIPE = list(os.pipe())
         for fd in self.worker.PIPE:
@@ -110,6 +109,21 @@ class _QuickSignals:
         self.graceful = self.worker.graceful
         self.exits: list[int] = []
         monkeypatch.setattr(os, "_exit", self.exits.append)
+
+    def master_gets(self, sig: int) -> None:
+        """The master's side of a quick signal it got: what it records, in order."""
+        from graceful_gunicorn import master_state
+
+        self.state.note_quick_signal(sig)
+        self.state.begin_stop(master_state.STOP_QUICK, time.monotonic())
+
+    def master_relays(self, *, send: bool = True) -> None:
+        """The master passes SIGQUIT on to this worker (``send=False``: merged with
+        a SIGQUIT already pending, so nothing more arrives)."""
+        self.state.count_quick_relay()
+        if send:
+            self.send(signal.SIGQUIT)
+        self.state.note_quick_relay(time.monotonic())
 
     def send(self, sig: int) -> None:
         os.kill(os.getpid(), sig)  # its handler runs at the next bytecode
@@ -128,7 +142,7 @@ class _QuickSignals:
 
 
 @pytest.fixture
-def quick_signals(monkeypatch: pytest.MonkeyPatch) -> Iterator[_QuickSignals]:
+def quick(monkeypatch: pytest.MonkeyPatch) -> Iterator[_QuickSignals]:
     signals = _QuickSignals(monkeypatch)
     try:
         yield signals
@@ -137,49 +151,93 @@ def quick_signals(monkeypatch: pytest.MonkeyPatch) -> Iterator[_QuickSignals]:
 
 
 def test_a_relay_that_comes_while_the_first_handler_runs_is_not_a_second_stop(
-    quick_signals: _QuickSignals,
+    quick: _QuickSignals,
 ) -> None:
     """Ctrl+\\: the group's SIGQUIT, then the master's, which comes once CPython
     has cleared the first one's flag and runs inside that handler. The master
     noted its relay before the handler read the clock (a busy machine), which
     read as "merged, so this is a second stop": the worker exited without
-    callbacks. Now one stop; the next SIGQUIT is the user's second."""
-    quick_signals.state.note_quick_relay(time.monotonic())
-    graceful = quick_signals.graceful
+    callbacks. Now one stop; a SIGQUIT a keystroke later is the user's second."""
+    quick.master_gets(signal.SIGQUIT)
+    quick.master_relays(send=False)
+    graceful = quick.graceful
     request = graceful.request
     relayed: list[bool] = []
 
     def relay_arrives(*args: Any) -> None:
         if not relayed:
             relayed.append(True)
-            quick_signals.send(signal.SIGQUIT)  # the master's, inside the first handler
+            quick.send(signal.SIGQUIT)  # the master's, inside the first handler
         request(*args)
 
     graceful.request = relay_arrives  # type: ignore[method-assign]
-    quick_signals.send(signal.SIGQUIT)
-    assert relayed and quick_signals.exits == []
+    quick.send(signal.SIGQUIT)
+    assert relayed and quick.exits == []
     assert graceful.requested == "quick"
-    quick_signals.send(signal.SIGQUIT)
-    assert quick_signals.exits == [0]
+    quick.send(signal.SIGQUIT)
+    assert quick.exits == [0]
 
 
-def test_ctrl_c_then_ctrl_backslash_is_a_second_stop(quick_signals: _QuickSignals) -> None:
-    """Ctrl+C: the group's SIGINT, then the master's SIGQUIT, merged into one stop.
-    A Ctrl+\\ after that is a second stop, whenever the master noted its relay
-    (it read as the relay when the master noted it after the worker's handler)."""
-    quick_signals.send(signal.SIGINT)
-    quick_signals.state.note_quick_relay(time.monotonic())
-    quick_signals.send(signal.SIGQUIT)  # the master's
-    assert quick_signals.exits == []
-    quick_signals.send(signal.SIGQUIT)  # Ctrl+\
-    assert quick_signals.exits == [0]
+def test_ctrl_c_then_ctrl_backslash_is_a_second_stop(quick: _QuickSignals) -> None:
+    """Ctrl+C: the group's SIGINT, then the master's SIGQUIT, one stop. A Ctrl+\\
+    after that is a second stop, whenever the master noted its relay (it read as
+    the relay when the master noted it after the worker's handler)."""
+    quick.send(signal.SIGINT)
+    quick.master_gets(signal.SIGINT)
+    quick.master_relays()
+    assert quick.exits == []
+    quick.send(signal.SIGQUIT)  # Ctrl+\
+    assert quick.exits == [0]
 
 
-def test_ctrl_backslash_then_ctrl_c_is_a_second_stop(quick_signals: _QuickSignals) -> None:
-    """The master never sends SIGINT: one after a SIGQUIT is the user's second stop."""
-    quick_signals.send(signal.SIGQUIT)
-    quick_signals.state.note_quick_relay(time.monotonic())
-    quick_signals.send(signal.SIGQUIT)  # the master's
-    assert quick_signals.exits == []
-    quick_signals.send(signal.SIGINT)
-    assert quick_signals.exits == [0]
+def test_ctrl_backslash_then_ctrl_c_is_a_second_stop(quick: _QuickSignals) -> None:
+    """The master never sends SIGINT: one after Ctrl+\\ is the user's second stop."""
+    quick.send(signal.SIGQUIT)
+    quick.master_gets(signal.SIGQUIT)
+    quick.master_relays()
+    assert quick.exits == []
+    quick.send(signal.SIGINT)
+    assert quick.exits == [0]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT])
+def test_pkill_signals_the_master_first_and_the_worker_after_its_relay(
+    quick: _QuickSignals, sig: int
+) -> None:
+    """``pkill -INT`` (or ``-QUIT``) gunicorn: the master first, which relays
+    SIGQUIT, then the worker's own signal. One stop (the SIGINT one exited at
+    once, without callbacks); the next signal is a second stop."""
+    quick.master_gets(sig)
+    quick.master_relays()
+    quick.send(sig)
+    assert quick.exits == []
+    assert quick.graceful.requested == "quick"
+    quick.send(signal.SIGQUIT)
+    assert quick.exits == [0]
+
+
+def test_a_second_signal_to_the_master_alone_is_a_second_stop(quick: _QuickSignals) -> None:
+    """``kill -INT <master>`` twice (Ctrl+C in ``docker run`` reaches PID 1 only):
+    gunicorn < 25 relays each, and the second is a second stop (it took a third)."""
+    quick.master_gets(signal.SIGINT)
+    quick.master_relays()
+    assert quick.exits == []
+    quick.master_relays()
+    assert quick.exits == [0]
+
+
+def test_a_second_ctrl_backslash_after_a_merged_relay_is_a_second_stop(
+    quick: _QuickSignals, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl+\\ while the worker is descheduled: the master's SIGQUIT merges with the
+    group's. A second Ctrl+\\ (a keystroke later) exits; one within RELAY_WINDOW of
+    the worker's handler may be pkill's second half and is one stop."""
+    from graceful_gunicorn.workers import coordinator
+
+    quick.master_gets(signal.SIGQUIT)
+    quick.master_relays(send=False)  # merged with the group's, still pending
+    quick.send(signal.SIGQUIT)
+    assert quick.exits == []
+    monkeypatch.setattr(coordinator, "RELAY_WINDOW", 0.0)  # a keystroke later
+    quick.send(signal.SIGQUIT)
+    assert quick.exits == [0]

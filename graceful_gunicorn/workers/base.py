@@ -167,22 +167,18 @@ class GracefulWorkerMixin(_Base):
             # running one (Modules/signalmodule.c), so the group's SIGQUIT and the
             # master's, microseconds apart, land here. One stop; the outer run
             # goes on with it.
-            if sig == signal.SIGQUIT:
-                graceful.merge_master_relay()
+            graceful.merge_second_half()
             return
         if graceful.done.is_set() and not graceful.loop_finished.is_set():
             # Sent by interrupt_main(): leave the request the main thread is stuck in.
             raise SystemExit(0)
         if graceful.quick_signals:
-            if sig == signal.SIGQUIT and graceful.take_master_relay():
-                # Ctrl+C (SIGINT to the group) or Ctrl+\ (SIGQUIT to the group),
-                # then the master's own SIGQUIT: one stop.
+            if graceful.second_half_of_one_stop(sig, now):
                 graceful.quick_signals.add(sig)
                 return
             os.write(2, b"graceful_gunicorn: second quick stop signal, exiting now\n")
             os._exit(0)
-        graceful.quick_signals.add(sig)
-        graceful.quick_at = now
+        graceful.note_first_quick_signal(sig, now)
         graceful.request("quick", signal.Signals(sig).name)
 
     def handle_abort(self, sig: int, frame: FrameType | None) -> None:
@@ -221,8 +217,9 @@ class GracefulWorkerMixin(_Base):
     def serve_backlog(self) -> None:
         """After gunicorn's loop: serve connections the kernel already queued (sync)."""
 
-    def release_idle_connections(self) -> None:
-        """Close kept-alive connections that hold the worker during its drain (gevent)."""
+    def release_idle_connections(self, *, drain_over: bool = False) -> None:
+        """Close kept-alive connections that hold the worker during its drain (gevent);
+        ``drain_over``: the drain ended (done, deadline, a quick signal), close them all."""
 
     def request_frames(self) -> dict[int, FrameType]:
         """The current frame of each thread that may serve a request, by its ident."""

@@ -73,7 +73,7 @@ class StoppableWorker(Protocol):
     def wake_main_loop(self) -> None: ...
     def stop_serving(self, drain_seconds: float) -> None: ...
     def interrupt_main(self) -> None: ...
-    def release_idle_connections(self) -> None: ...
+    def release_idle_connections(self, *, drain_over: bool = False) -> None: ...
     def request_frames(self) -> dict[int, FrameType]: ...
 
 
@@ -116,6 +116,13 @@ def _master_quick_cap() -> float | None:
 REASON_SETTLE = 2.0
 
 
+#: How soon after a worker's first quick handler a SIGQUIT may still be the other
+#: half of the same action when the master's relay was out before that handler
+#: ran: ``pkill -QUIT`` signals the master first and the worker a moment later.
+#: A second Ctrl+\ is a separate keystroke.
+RELAY_WINDOW = 0.25
+
+
 class WorkerShutdown:
     """Coordinates the shutdown of one worker process."""
 
@@ -138,10 +145,12 @@ class WorkerShutdown:
         self.requested_at = 0.0
         #: The SIGINT/SIGQUIT signals this worker got; only one it already had is a second stop.
         self.quick_signals: set[int] = set()
-        #: Whether a repeated SIGQUIT was taken for the master's relay of a quick stop.
-        self._master_relay_taken = False
+        #: Whether a second quick signal was taken for the other half of the first's action.
+        self._second_half_taken = False
         #: When this worker's first quick-stop handler ran (monotonic).
         self.quick_at = 0.0
+        #: How many SIGQUITs the master had begun to send its workers by then.
+        self._relays_at_first = 0
         self.sequence: ShutdownSequence | None = None
         #: Set once the callbacks are over.
         self.done = threading.Event()
@@ -209,35 +218,59 @@ class WorkerShutdown:
                 self.signal_name = signal_name
         self._wake()
 
-    def take_master_relay(self) -> bool:
-        """Whether a SIGQUIT after this worker's first quick signal may be the
-        master's (once per stop).
+    def note_first_quick_signal(self, sig: int, now: float) -> None:
+        """This worker's first SIGINT or SIGQUIT, whose handler began at ``now``."""
+        state = master_state.current()
+        self.quick_signals.add(sig)
+        self.quick_at = now
+        self._relays_at_first = state.quick_relays if state is not None else 0
 
-        A stopping master sends its workers one SIGQUIT when it gets SIGINT or
-        SIGQUIT (gunicorn < 25: one per signal, through ``_relay_quick_stop``),
-        after it recorded its stop. Ctrl+C (SIGINT to the whole process group)
-        and Ctrl+\\ (SIGQUIT to it, or ``kill -QUIT -PGID``, or an init that
-        forwards to the group) thus reach a worker twice, however late the
-        master runs on a busy machine. The master never sends SIGINT: a repeated
-        SIGINT is always a second stop, and so is a SIGINT after a SIGQUIT.
+    def second_half_of_one_stop(self, sig: int, now: float) -> bool:
+        """Whether quick signal ``sig``, handled at ``now`` after this worker's first,
+        comes from the same user action (once per stop).
+
+        A stopping master sends its workers SIGQUIT once per SIGINT or SIGQUIT it
+        gets (gunicorn 25+: once per stop), never SIGINT. Ctrl+C and Ctrl+\\
+        (the whole process group, as ``kill -QUIT -PGID`` and inits that forward
+        to the group do) and ``pkill`` (each process in turn) thus reach a worker
+        twice: its own signal and the master's SIGQUIT, in either order, however
+        late a busy master runs. The master counts the SIGQUITs it begins to send
+        and notes the first quick signal it got; where that cannot tell, in
+        doubt it is one stop: a user can press again.
         """
         state = master_state.current()
-        if self._master_relay_taken or state is None or state.stop_kind == master_state.STOP_NONE:
+        if self._second_half_taken or state is None or state.stop_kind == master_state.STOP_NONE:
             return False
-        if signal.SIGQUIT in self.quick_signals and 0 < state.quick_relayed_at < self.quick_at:
-            # The master had sent every worker its SIGQUIT (it notes the time after
-            # the last) before this worker's first quick handler read the clock,
-            # and no second run came inside that handler: the two merged (signals
-            # do not queue), this is a second stop.
-            return False
-        # In doubt (the relay under way), it is the relay: a user can press again.
-        self._master_relay_taken = True
-        return True
+        first = signal.SIGQUIT if signal.SIGQUIT in self.quick_signals else signal.SIGINT
+        relays = state.quick_relays
+        if sig == signal.SIGINT:
+            # Only the worker's own SIGINT of a Ctrl+C that the master's SIGQUIT beat.
+            taken = (
+                first == signal.SIGQUIT
+                and state.first_quick_signal == signal.SIGINT
+                and relays == self._relays_at_first >= 1
+            )
+        elif first == signal.SIGINT:
+            taken = True  # the master's SIGQUIT after Ctrl+C's SIGINT
+        elif self._relays_at_first == 0:
+            taken = relays >= 1  # the master began its SIGQUIT after our first handler
+        elif relays > self._relays_at_first:
+            taken = False  # a SIGQUIT for the master's second quick signal
+        else:
+            # One relay, begun before our first handler: that handler ran for it
+            # (this is then our own, from the group or pkill), for our own signal
+            # with the relay merged into it (signals do not queue: this is a
+            # second stop), or for our own with the relay on its way. The master
+            # notes when its relay is out; soon after our first, it is one stop.
+            merged = 0 < state.quick_relayed_at < self.quick_at
+            taken = not merged or now - self.quick_at < RELAY_WINDOW
+        if taken:
+            self._second_half_taken = True
+        return taken
 
-    def merge_master_relay(self) -> None:
-        """A SIGQUIT came while the handler of the first quick signal ran: it is
-        one of the pair that Ctrl+C or Ctrl+\\ gives (see take_master_relay)."""
-        self._master_relay_taken = True
+    def merge_second_half(self) -> None:
+        """A quick signal came while the handler of the first one ran: one stop."""
+        self._second_half_taken = True
 
     def _wake(self) -> None:
         try:
@@ -436,6 +469,8 @@ class WorkerShutdown:
             # 3. drain (not on a quick stop)
             if not sequence.quick:
                 sequence.drain(ready=self._drained)
+                # Cut short (its deadline, a Ctrl+C) or not: no connection waits now.
+                self.worker.release_idle_connections(drain_over=True)
             # 4. release resources, then the last word
             sequence.run_phase("on_shutdown")
             sequence.run_phase("after_shutdown")

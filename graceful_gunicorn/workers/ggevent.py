@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import gc
 import io
+import select
 import socket
 import time
 from collections.abc import Callable, Coroutine
@@ -34,10 +35,15 @@ from .base import GracefulWorkerMixin
 #: busy machine left unscheduled for longer.)
 STOP_KEEPALIVE_LINGER = 2.0
 
+#: Lingering connections close this long before the drain deadline at the latest,
+#: so that gunicorn's loop (it looks every 20 ms, see run) finds them gone in time.
+LINGER_MARGIN = 0.2
+
 _monotonic = time.monotonic  # on every request's path
 
-#: The blocking select, never gevent's: the hub itself asks it (close_if_idle).
-_select = gevent.monkey.get_original("select", "select")
+#: The blocking poll, never gevent's: the hub itself asks it (close_if_idle).
+_poll = gevent.monkey.get_original("select", "poll")
+_POLLIN = select.POLLIN
 
 
 class _Connection:
@@ -72,20 +78,22 @@ class _Connection:
         assert self.timeout is not None
         return cast("bool | None", self.timeout.__exit__(*exc_info))
 
-    def lingered(self, stopped_at: float) -> bool:
+    def lingered(self, stopped_at: float, close_by: float) -> bool:
         """Waiting, since ``STOP_KEEPALIVE_LINGER`` after a response and the stop
-        (``stopped_at``), for a next request of which no byte has arrived."""
+        (``stopped_at``) or past ``close_by``, for a next request of which no byte
+        has arrived."""
         if not self.waiting or self.waits < 2:
             return False
-        if time.monotonic() - max(self.waiting_since, stopped_at) < STOP_KEEPALIVE_LINGER:
+        now = time.monotonic()
+        if now < close_by and now - max(self.waiting_since, stopped_at) < STOP_KEEPALIVE_LINGER:
             return False
         try:
-            readable, _, _ = _select([self.sock], [], [], 0)
+            readable = _poll_in(self.sock)
         except (OSError, ValueError):
             return False
         return not readable and _waits_for_first_byte(self.greenlet)
 
-    def close_if_idle(self, stopped_at: float) -> None:
+    def close_if_idle(self, stopped_at: float, close_by: float) -> None:
         """End the wait for a next request as gunicorn's keep-alive timeout would.
 
         Run by the hub, while the connection's greenlet is suspended: looked at
@@ -94,8 +102,19 @@ class _Connection:
         and closes the connection without a response, where any other
         exception gets a 500 written onto it (base_async.py ``handle``).
         """
-        if self.timeout is not None and not self.greenlet.dead and self.lingered(stopped_at):
+        if (
+            self.timeout is not None
+            and not self.greenlet.dead
+            and self.lingered(stopped_at, close_by)
+        ):
             self.greenlet.throw(self.timeout)
+
+
+def _poll_in(sock: socket.socket) -> bool:
+    """Whether ``sock`` has bytes to read, now (poll: any descriptor number)."""
+    poller = _poll()
+    poller.register(sock.fileno(), _POLLIN)
+    return bool(poller.poll(0))
 
 
 #: The parser's methods that read more of a request (gunicorn http/message.py:
@@ -144,6 +163,7 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
         self._stop_requested: gevent.event.Event | None = None
         self._listener_names: dict[int, Any] = {}
         self._stopped_at = 0.0
+        self._close_idle_by = float("inf")
 
     def run(self) -> None:
         """gunicorn's loop, with its one-second sleeps cut short once we stop.
@@ -181,6 +201,7 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
     def stop_serving(self, drain_seconds: float) -> None:
         """Stop accepting, and wake gunicorn's loop at once."""
         self._stopped_at = time.monotonic()
+        self._close_idle_by = self._stopped_at + max(0.0, drain_seconds - LINGER_MARGIN)
         super().stop_serving(drain_seconds)
         if self._stop_requested is not None:
             self._stop_requested.set()
@@ -207,12 +228,14 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
         connection.timeout = timeout
         return connection
 
-    def release_idle_connections(self) -> None:
-        """Close the kept-alive connections on which no request came in time."""
+    def release_idle_connections(self, *, drain_over: bool = False) -> None:
+        """Close the kept-alive connections on which no request came in time
+        (``drain_over``: all those still waiting for one)."""
         loop = gevent.get_hub().loop
+        close_by = float("-inf") if drain_over else self._close_idle_by
         for connection in list(self._connections.values()):
-            if connection.lingered(self._stopped_at):
-                loop.run_callback(connection.close_if_idle, self._stopped_at)
+            if connection.lingered(self._stopped_at, close_by):
+                loop.run_callback(connection.close_if_idle, self._stopped_at, close_by)
 
     def request_frames(self) -> dict[int, FrameType]:
         """Requests run in greenlets, whose ident is ``id(greenlet)`` under gevent."""

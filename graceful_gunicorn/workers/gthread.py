@@ -88,6 +88,20 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
         wake.daemon = True
         wake.start()
 
+    def release_idle_connections(self, *, drain_over: bool = False) -> None:
+        """Once the drain is over (done, its deadline, a Ctrl+C during it), close the
+        kept-alive connections at once: gunicorn's loop would keep them its linger
+        long, and a Ctrl+C during a graceful stop ends in a SIGKILL 2 s after the
+        master passed it on (gunicorn 25+, arbiter.py ``stop``)."""
+        if not drain_over:
+            return
+        if _DROPS_POLLED_CONNECTIONS:
+            self._linger_until = time.monotonic()  # _serve_polled_connections closes them
+            return
+        # In gunicorn's main loop, which the queue wakes; the murder closes what expired.
+        self.method_queue.defer(self._cap_idle_keepalive, time.monotonic())
+        self.method_queue.defer(self.murder_keepalived)
+
     # gunicorn 27 keeps such a connection itself: nothing of ours on its request path.
     if _CLOSES_ANNOUNCED_KEEPALIVE:
 
