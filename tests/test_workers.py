@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from gunicorn import version_info as gunicorn_version_info
 
 from graceful_gunicorn.workers.gthread import GracefulThread
 
@@ -241,3 +242,27 @@ def test_a_second_ctrl_backslash_after_a_merged_relay_is_a_second_stop(
     monkeypatch.setattr(coordinator, "RELAY_WINDOW", 0.0)  # a keystroke later
     quick.send(signal.SIGQUIT)
     assert quick.exits == [0]
+
+
+@pytest.mark.skipif(gunicorn_version_info < (24, 0), reason="gunicorn 24+ has the method queue")
+def test_gthread_hands_nothing_to_a_loop_that_closed_its_queue() -> None:
+    """The drain's end closes kept-alive connections through gunicorn's method
+    queue, a pipe; once gunicorn's loop ended it is closed, and a write then went
+    into whatever file or socket got the descriptor number next (NUL bytes in an
+    app's log file)."""
+    from gunicorn.config import Config
+
+    worker = GracefulThread(1, os.getpid(), [], None, 30, Config(), _NullLog())
+    worker.method_queue.init()
+    worker._guard_method_queue()
+    worker.method_queue.close()  # gunicorn's loop, as it ends
+    read, write = os.pipe()  # the descriptor numbers the queue had
+    try:
+        os.set_blocking(read, False)
+        worker.release_idle_connections(drain_over=True)
+        with pytest.raises(BlockingIOError):
+            os.read(read, 16)
+    finally:
+        os.close(read)
+        os.close(write)
+        worker.tmp.close()

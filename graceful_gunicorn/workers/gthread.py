@@ -32,6 +32,10 @@ _CLOSES_ANNOUNCED_KEEPALIVE = gunicorn.version_info < (27, 0)
 #: in its poller once it was told to stop (gunicorn 27 lingers as long).
 POLLED_LINGER = 2.0
 
+#: gunicorn 24-26: idle kept-alive connections close this long before the drain
+#: deadline at the latest, so that the drain ends by itself.
+LINGER_MARGIN = 0.2
+
 
 class _Finishing(threading.local):
     """Per thread: whether its ``finish_request`` keeps a connection."""
@@ -49,6 +53,8 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
     """
 
     _serving = True
+    _queue_closed = False
+    _queue_lock: AbstractContextManager[object]  # gunicorn 24+ only, see run
     _linger_until: float | None = None
     _lingered = False
     _lock: AbstractContextManager[object]  # gunicorn before 24 only
@@ -76,15 +82,43 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
             graceful.request("recycle")
         self._serving = value
 
+    def run(self) -> None:
+        """gunicorn's loop; from 24 on, what we hand it stops once it closed its queue."""
+        if not _DROPS_POLLED_CONNECTIONS:
+            self._guard_method_queue()
+        super().run()
+
+    def _guard_method_queue(self) -> None:
+        self._queue_lock = threading.Lock()
+        close = self.method_queue.close
+
+        def close_for_good() -> None:
+            with self._queue_lock:
+                self._queue_closed = True
+                close()
+
+        self.method_queue.close = close_for_good  # type: ignore[method-assign]
+
+    def _defer(self, method: Any, *args: Any) -> None:
+        """Run ``method(*args)`` in gunicorn's main loop (24+), if it still runs.
+
+        Its queue is a pipe that the loop closes when it ends: a write after that
+        would land in whatever file or socket reuses the descriptor.
+        """
+        with self._queue_lock:
+            if not self._queue_closed:
+                self.method_queue.defer(method, *args)
+
     def stop_serving(self, drain_seconds: float) -> None:
         """Stop accepting; on gunicorn 24-26, close idle keep-alive connections after a linger."""
         super().stop_serving(drain_seconds)
         if not _HOLDS_IDLE_KEEPALIVE:
             return
-        linger = min(POLLED_LINGER, drain_seconds)
+        # Closed before the drain deadline, so that the drain ends by itself.
+        linger = min(POLLED_LINGER, max(0.0, drain_seconds - LINGER_MARGIN))
         self._linger_until = time.monotonic() + linger
-        self.method_queue.defer(self._cap_idle_keepalive, time.monotonic() + linger)
-        wake = threading.Timer(linger, self.method_queue.defer, (self.murder_keepalived,))
+        self._defer(self._cap_idle_keepalive, time.monotonic() + linger)
+        wake = threading.Timer(linger, self._defer, (self.murder_keepalived,))
         wake.daemon = True
         wake.start()
 
@@ -99,8 +133,8 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
             self._linger_until = time.monotonic()  # _serve_polled_connections closes them
             return
         # In gunicorn's main loop, which the queue wakes; the murder closes what expired.
-        self.method_queue.defer(self._cap_idle_keepalive, time.monotonic())
-        self.method_queue.defer(self.murder_keepalived)
+        self._defer(self._cap_idle_keepalive, time.monotonic())
+        self._defer(self.murder_keepalived)
 
     # gunicorn 27 keeps such a connection itself: nothing of ours on its request path.
     if _CLOSES_ANNOUNCED_KEEPALIVE:
