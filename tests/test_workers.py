@@ -247,9 +247,9 @@ def test_a_second_ctrl_backslash_after_a_merged_relay_is_a_second_stop(
 @pytest.mark.skipif(gunicorn_version_info < (24, 0), reason="gunicorn 24+ has the method queue")
 def test_gthread_hands_nothing_to_a_loop_that_closed_its_queue() -> None:
     """The drain's end closes kept-alive connections through gunicorn's method
-    queue, a pipe; once gunicorn's loop ended it is closed, and a write then went
-    into whatever file or socket got the descriptor number next (NUL bytes in an
-    app's log file)."""
+    queue, a pipe, and so does each request's end; once gunicorn's loop ended it
+    is closed, and a write then went into whatever file or socket got the
+    descriptor number next (NUL bytes in an app's log file)."""
     from gunicorn.config import Config
 
     worker = GracefulThread(1, os.getpid(), [], None, 30, Config(), _NullLog())
@@ -260,6 +260,7 @@ def test_gthread_hands_nothing_to_a_loop_that_closed_its_queue() -> None:
     try:
         os.set_blocking(read, False)
         worker.release_idle_connections(drain_over=True)
+        worker.method_queue.defer(lambda: None)  # a request that outlived the loop ends
         with pytest.raises(BlockingIOError):
             os.read(read, 16)
     finally:

@@ -53,8 +53,6 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
     """
 
     _serving = True
-    _queue_closed = False
-    _queue_lock: AbstractContextManager[object]  # gunicorn 24+ only, see run
     _linger_until: float | None = None
     _lingered = False
     _lock: AbstractContextManager[object]  # gunicorn before 24 only
@@ -83,31 +81,34 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
         self._serving = value
 
     def run(self) -> None:
-        """gunicorn's loop; from 24 on, what we hand it stops once it closed its queue."""
+        """gunicorn's loop; from 24 on, nothing goes into its queue once it closed it."""
         if not _DROPS_POLLED_CONNECTIONS:
             self._guard_method_queue()
         super().run()
 
     def _guard_method_queue(self) -> None:
-        self._queue_lock = threading.Lock()
-        close = self.method_queue.close
+        """gunicorn's method queue is a pipe that its loop closes when it ends; a
+        write after that lands in whatever file or socket reuses the descriptor.
+        Our stop keeps the process running for seconds after that loop, while a
+        request that outlived the drain finishes (its done-callback defers
+        ``finish_request``) and the app opens files: every write checks first."""
+        lock = threading.RLock()  # reentrant: gunicorn's handle_exit defers in signal context
+        queue = self.method_queue
+        close, defer = queue.close, queue.defer
+        closed = False
 
         def close_for_good() -> None:
-            with self._queue_lock:
-                self._queue_closed = True
+            nonlocal closed
+            with lock:
+                closed = True
                 close()
 
-        self.method_queue.close = close_for_good  # type: ignore[method-assign]
+        def defer_while_open(callback: Any, *args: Any) -> None:
+            with lock:
+                if not closed:
+                    defer(callback, *args)
 
-    def _defer(self, method: Any, *args: Any) -> None:
-        """Run ``method(*args)`` in gunicorn's main loop (24+), if it still runs.
-
-        Its queue is a pipe that the loop closes when it ends: a write after that
-        would land in whatever file or socket reuses the descriptor.
-        """
-        with self._queue_lock:
-            if not self._queue_closed:
-                self.method_queue.defer(method, *args)
+        queue.close, queue.defer = close_for_good, defer_while_open  # type: ignore[method-assign]
 
     def stop_serving(self, drain_seconds: float) -> None:
         """Stop accepting; on gunicorn 24-26, close idle keep-alive connections after a linger."""
@@ -117,8 +118,8 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
         # Closed before the drain deadline, so that the drain ends by itself.
         linger = min(POLLED_LINGER, max(0.0, drain_seconds - LINGER_MARGIN))
         self._linger_until = time.monotonic() + linger
-        self._defer(self._cap_idle_keepalive, time.monotonic() + linger)
-        wake = threading.Timer(linger, self._defer, (self.murder_keepalived,))
+        self.method_queue.defer(self._cap_idle_keepalive, time.monotonic() + linger)
+        wake = threading.Timer(linger, self.method_queue.defer, (self.murder_keepalived,))
         wake.daemon = True
         wake.start()
 
@@ -133,8 +134,8 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
             self._linger_until = time.monotonic()  # _serve_polled_connections closes them
             return
         # In gunicorn's main loop, which the queue wakes; the murder closes what expired.
-        self._defer(self._cap_idle_keepalive, time.monotonic())
-        self._defer(self.murder_keepalived)
+        self.method_queue.defer(self._cap_idle_keepalive, time.monotonic())
+        self.method_queue.defer(self.murder_keepalived)
 
     # gunicorn 27 keeps such a connection itself: nothing of ours on its request path.
     if _CLOSES_ANNOUNCED_KEEPALIVE:
