@@ -254,7 +254,9 @@ def test_gthread_hands_nothing_to_a_loop_that_closed_its_queue() -> None:
 
     worker = GracefulThread(1, os.getpid(), [], None, 30, Config(), _NullLog())
     worker.method_queue.init()
+    worker.PIPE = list(os.pipe())
     worker._guard_method_queue()
+    worker.stop_serving(5.0)  # the stop begins, as the coordinator begins it
     worker.method_queue.close()  # gunicorn's loop, as it ends
     read, write = os.pipe()  # the descriptor numbers the queue had
     try:
@@ -264,6 +266,6 @@ def test_gthread_hands_nothing_to_a_loop_that_closed_its_queue() -> None:
         with pytest.raises(BlockingIOError):
             os.read(read, 16)
     finally:
-        os.close(read)
-        os.close(write)
+        for fd in (read, write, *worker.PIPE):
+            os.close(fd)
         worker.tmp.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, suppress
 from functools import partial
 from typing import Any
@@ -53,6 +54,8 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
     """
 
     _serving = True
+    #: gunicorn 24+: its method queue's ``defer`` that writes only while it is open.
+    _defer_while_open: Callable[..., None] | None = None
     _linger_until: float | None = None
     _lingered = False
     _lock: AbstractContextManager[object]  # gunicorn before 24 only
@@ -91,7 +94,9 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
         write after that lands in whatever file or socket reuses the descriptor.
         Our stop keeps the process running for seconds after that loop, while a
         request that outlived the drain finishes (its done-callback defers
-        ``finish_request``) and the app opens files: every write checks first."""
+        ``finish_request``) and the app opens files: from the stop on (see
+        stop_serving), every write checks first. Before it, the request path
+        keeps gunicorn's own ``defer``: a request ends before the loop does."""
         lock = threading.RLock()  # reentrant: gunicorn's handle_exit defers in signal context
         queue = self.method_queue
         close, defer = queue.close, queue.defer
@@ -108,10 +113,14 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
                 if not closed:
                     defer(callback, *args)
 
-        queue.close, queue.defer = close_for_good, defer_while_open  # type: ignore[method-assign]
+        queue.close = close_for_good  # type: ignore[method-assign]
+        self._defer_while_open = defer_while_open
 
     def stop_serving(self, drain_seconds: float) -> None:
         """Stop accepting; on gunicorn 24-26, close idle keep-alive connections after a linger."""
+        defer_while_open = self._defer_while_open
+        if defer_while_open is not None:
+            self.method_queue.defer = defer_while_open  # type: ignore[method-assign]
         super().stop_serving(drain_seconds)
         if not _HOLDS_IDLE_KEEPALIVE:
             return
