@@ -319,6 +319,13 @@ def connect(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=STOP_TIMEOUT)
 
 
+def stop_then_wait(server: Gunicorn, seconds: float) -> None:
+    """SIGTERM, and once the master handles it, ``seconds`` of the scenario's time."""
+    server.signal(signal.SIGTERM)
+    wait_until(lambda: "Handling signal: term" in server.log(), EVENT_TIMEOUT, "the stop to begin")
+    time.sleep(seconds)  # the scenario's timing, not a synchronisation
+
+
 def idle_and_half_sent(server: Gunicorn) -> list[Outcome]:
     """1. a connection makes one request and stays idle 2. another makes one
     request, then sends half of its next request's headers 3. once the
@@ -348,11 +355,7 @@ def idle_and_half_sent(server: Gunicorn) -> list[Outcome]:
         wait_until(
             lambda: read_by_server(server.port, half), EVENT_TIMEOUT, "the half request read"
         )
-        server.signal(signal.SIGTERM)
-        wait_until(
-            lambda: "Handling signal: term" in server.log(), EVENT_TIMEOUT, "the stop to begin"
-        )
-        time.sleep(REST_AFTER)  # the scenario's timing, not a synchronisation
+        stop_then_wait(server, REST_AFTER)
         half.sendall(REST)
         outcomes.append(read_response(half).outcome("half-sent"))
         if probe is None:
@@ -385,11 +388,7 @@ def thinks_then_sends(server: Gunicorn) -> list[Outcome]:
     with connect(server.port) as client:
         client.sendall(HELLO)
         outcomes = [read_response(client).outcome("first")]
-        server.signal(signal.SIGTERM)
-        wait_until(
-            lambda: "Handling signal: term" in server.log(), EVENT_TIMEOUT, "the stop to begin"
-        )
-        time.sleep(THINK_TIME)  # the scenario's timing, not a synchronisation
+        stop_then_wait(server, THINK_TIME)
         client.sendall(HELLO)
         outcomes.append(read_response(client).outcome("after thinking"))
     server.wait_exit(STOP_TIMEOUT)
