@@ -31,6 +31,21 @@ from ..server_config import check_lifecycle_fits, settings_in_force
 from ..settings import SettingsError
 from .coordinator import WorkerShutdown
 
+#: How long a stopping worker keeps a kept-alive connection open for a next
+#: request, from its last response or the stop, whichever came later (its own
+#: ``keepalive`` timeout still ends it sooner): the client may already be
+#: sending, and a close then loses the request. gunicorn 27's gthread worker
+#: keeps its connections this long (``STOP_KEEPALIVE_LINGER`` in
+#: gunicorn/workers/gthread.py); at the default ``keepalive`` of 2 s, gunicorn's
+#: gevent worker keeps them as long. (0.1 s lost requests of a client that a
+#: busy machine left unscheduled for longer.)
+STOP_KEEPALIVE_LINGER = 2.0
+
+#: Lingering connections close this long before the drain deadline at the
+#: latest, so that gunicorn's loop finds them gone in time and the drain ends
+#: by itself.
+LINGER_MARGIN = 0.2
+
 if TYPE_CHECKING:
     from gunicorn.workers.base import Worker
 

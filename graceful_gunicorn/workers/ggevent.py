@@ -23,21 +23,7 @@ from gunicorn.workers import ggevent
 from gunicorn.workers.base import Worker
 from gunicorn.workers.ggevent import GeventWorker
 
-from .base import GracefulWorkerMixin
-
-#: How long a stopping worker keeps a kept-alive connection open for a next
-#: request, from its last response or the stop, whichever came later (its own
-#: ``keepalive`` timeout still ends it sooner): the client may already be
-#: sending, and a close then loses the request. gunicorn 27's gthread worker
-#: keeps its connections this long (``STOP_KEEPALIVE_LINGER`` in
-#: gunicorn/workers/gthread.py); at the default ``keepalive`` of 2 s, gunicorn's
-#: gevent worker keeps them as long. (0.1 s lost requests of a client that a
-#: busy machine left unscheduled for longer.)
-STOP_KEEPALIVE_LINGER = 2.0
-
-#: Lingering connections close this long before the drain deadline at the latest,
-#: so that gunicorn's loop (it looks every 20 ms, see run) finds them gone in time.
-LINGER_MARGIN = 0.2
+from .base import LINGER_MARGIN, STOP_KEEPALIVE_LINGER, GracefulWorkerMixin
 
 _monotonic = time.monotonic  # on every request's path
 

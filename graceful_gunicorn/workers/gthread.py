@@ -12,7 +12,7 @@ from typing import Any
 import gunicorn
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from .base import GracefulWorkerMixin
+from .base import LINGER_MARGIN, STOP_KEEPALIVE_LINGER, GracefulWorkerMixin
 
 #: gunicorn before 24 leaves its loop as soon as ``alive`` is False and drops the
 #: connections still in its poller: accepted but not yet readable (21-23) and idle
@@ -28,14 +28,6 @@ _HOLDS_IDLE_KEEPALIVE = (24, 0) <= gunicorn.version_info < (27, 0)
 #: self.alive``). A recycle stops it in the middle of other threads' requests, and
 #: their clients, already sending the next request, get a reset (GUNICORN.md 3.8).
 _CLOSES_ANNOUNCED_KEEPALIVE = gunicorn.version_info < (27, 0)
-
-#: How long, at most, the loop of gunicorn before 24 keeps serving the connections
-#: in its poller once it was told to stop (gunicorn 27 lingers as long).
-POLLED_LINGER = 2.0
-
-#: gunicorn 24-26: idle kept-alive connections close this long before the drain
-#: deadline at the latest, so that the drain ends by itself.
-LINGER_MARGIN = 0.2
 
 
 class _Finishing(threading.local):
@@ -125,7 +117,7 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
         if not _HOLDS_IDLE_KEEPALIVE:
             return
         # Closed before the drain deadline, so that the drain ends by itself.
-        linger = min(POLLED_LINGER, max(0.0, drain_seconds - LINGER_MARGIN))
+        linger = min(STOP_KEEPALIVE_LINGER, max(0.0, drain_seconds - LINGER_MARGIN))
         self._linger_until = time.monotonic() + linger
         self.method_queue.defer(self._cap_idle_keepalive, time.monotonic() + linger)
         wake = threading.Timer(linger, self.method_queue.defer, (self.murder_keepalived,))
@@ -192,12 +184,12 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
 
         Runs in its main loop: stops accepting, lets the connections already
         accepted send their request (answered with ``Connection: close``, as
-        ``alive`` is False in the request threads) for ``POLLED_LINGER`` at
+        ``alive`` is False in the request threads) for ``STOP_KEEPALIVE_LINGER`` at
         most, then closes the ones that sent nothing.
         """
         now = time.monotonic()
         if self._linger_until is None:
-            self._linger_until = now + min(POLLED_LINGER, float(self.cfg.graceful_timeout))
+            self._linger_until = now + min(STOP_KEEPALIVE_LINGER, float(self.cfg.graceful_timeout))
             for listener in self.sockets:
                 with suppress(KeyError, ValueError, OSError):
                     self.poller.unregister(listener)
