@@ -92,7 +92,7 @@ def make_app(workload: str) -> WSGIApp:
     if workload == "bare":
         return trivial_app
     if workload == "wrapped":
-        from graceful_gunicorn.lifecycle import Lifecycle
+        from graceful_gunicorn import Lifecycle
 
         return Lifecycle().wrap(trivial_app)
     if workload == "flask-passthrough":

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .context import Phase, Reason, ShutdownContext
-from .lifecycle import Lifecycle, ShutdownSequence
-from .middleware import InFlightMiddleware
-from .report import CallbackResult, ShutdownReport
-from .settings import Settings, SettingsError
+from ._core.context import Phase, Reason, ShutdownContext
+from ._core.report import CallbackResult, ShutdownReport
+from ._core.sequence import ShutdownSequence
+from ._core.settings import Settings, SettingsError
+from ._wsgi.lifecycle import Lifecycle
+from ._wsgi.middleware import InFlightMiddleware
 
 if TYPE_CHECKING:
     from .flask import GracefulShutdown

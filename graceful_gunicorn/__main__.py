@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from .check import main as check
+    from ._gunicorn.check import main as check
 
     return check(args[1:])
 

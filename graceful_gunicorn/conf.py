@@ -19,6 +19,6 @@ the graceful subclasses.
 
 from __future__ import annotations
 
-from .hooks import nworkers_changed, on_exit, on_reload, on_starting, when_ready
+from ._gunicorn.hooks import nworkers_changed, on_exit, on_reload, on_starting, when_ready
 
 __all__ = ["nworkers_changed", "on_exit", "on_reload", "on_starting", "when_ready"]

@@ -8,7 +8,7 @@
     @app.on_shutdown(timeout=5)
     def flush() -> None: ...              # runs inside app.app_context()
 
-The extension is a thin layer over :class:`~graceful_gunicorn.lifecycle.Lifecycle`:
+The extension is a thin layer over :class:`~graceful_gunicorn.Lifecycle`:
 each app gets one lifecycle, kept in ``app.extensions["graceful_gunicorn"]``,
 and its ``wsgi_app`` is wrapped in the in-flight middleware. Under ``flask
 run`` the callbacks run once when the server exits (:mod:`.dev_server`).
@@ -21,10 +21,11 @@ from typing import Any
 
 from flask import Flask, current_app, has_app_context, request
 
-from . import dev_server
-from .callbacks import CallbackT
-from .context import Phase
-from .lifecycle import EXTENSION_KEY, Lifecycle
+from ._core.callbacks import CallbackT
+from ._core.context import Phase
+from ._flask import dev_server
+from ._wsgi.discovery import EXTENSION_KEY
+from ._wsgi.lifecycle import Lifecycle
 
 
 def _in_app_context(app: Flask) -> Callable[[Callable[[], Any]], Any]:

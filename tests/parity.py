@@ -1,6 +1,6 @@
 """Never worse than plain gunicorn: one scenario, run on both, compared.
 
-USERS.md's rule, as a fixture: a scenario that has a plain-gunicorn
+The project's rule, as a fixture: a scenario that has a plain-gunicorn
 counterpart runs twice in the same test, first on plain gunicorn (no ``-c``)
 and then with ``-c python:graceful_gunicorn.conf``, with the same app, the
 same gunicorn arguments and the same clients, one after the other (never at

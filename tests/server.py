@@ -1,4 +1,4 @@
-"""Real gunicorn processes for tests, built on graceful_gunicorn.live_server."""
+"""Real gunicorn processes for tests, built on graceful_gunicorn.testing.GunicornServer."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from graceful_gunicorn.live_server import BOOT_TIMEOUT, GunicornServer, wait_until
+from graceful_gunicorn.testing.server import BOOT_TIMEOUT, GunicornServer, wait_until
 
 __all__ = ["BOOT_TIMEOUT", "REPO", "Gunicorn", "Response", "free_port", "http_get", "wait_until"]
 

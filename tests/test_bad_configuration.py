@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from graceful_gunicorn.settings import ENV_PREFIX
+from graceful_gunicorn._core.settings import ENV_PREFIX
 
 from .server import Gunicorn
 

@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graceful_gunicorn import Lifecycle
-from graceful_gunicorn.budget import GRACEFUL_REASONS, plan_shutdown, safety_margin
-from graceful_gunicorn.callbacks import Registration
-from graceful_gunicorn.check import Timeline
-from graceful_gunicorn.server_config import check_lifecycle_fits, graceful_plans
-from graceful_gunicorn.settings import Settings, SettingsError
+from graceful_gunicorn._core.callbacks import Registration
+from graceful_gunicorn._core.plan import GRACEFUL_REASONS, plan_shutdown, safety_margin
+from graceful_gunicorn._core.settings import Settings, SettingsError
+from graceful_gunicorn._gunicorn.check import Timeline
+from graceful_gunicorn._gunicorn.server_settings import check_lifecycle_fits, graceful_plans
 
 EPSILON = 1e-9
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from graceful_gunicorn import Lifecycle
-from graceful_gunicorn.lifecycle import find_lifecycle, find_lifecycles
+from graceful_gunicorn._wsgi.discovery import find_lifecycle, find_lifecycles
 
 from .conftest import WORKER_CLASSES
 from .server import Gunicorn, http_get, wait_until

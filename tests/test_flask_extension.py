@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from flask import Flask, current_app
 
-from graceful_gunicorn.context import ShutdownContext
+from graceful_gunicorn import Lifecycle
+from graceful_gunicorn._core.context import ShutdownContext
+from graceful_gunicorn._wsgi.discovery import find_lifecycle
+from graceful_gunicorn._wsgi.middleware import InFlightMiddleware
 from graceful_gunicorn.flask import GracefulShutdown
-from graceful_gunicorn.lifecycle import Lifecycle, find_lifecycle
-from graceful_gunicorn.middleware import InFlightMiddleware
 
 WAIT = 5.0
 

@@ -13,15 +13,11 @@ from typing import Any
 import pytest
 from werkzeug.test import create_environ
 
-from graceful_gunicorn.context import ShutdownContext
-from graceful_gunicorn.lifecycle import (
-    EXTENSION_KEY,
-    Lifecycle,
-    ShutdownSequence,
-    find_lifecycle,
-)
-from graceful_gunicorn.middleware import InFlight, InFlightMiddleware
-from graceful_gunicorn.report import ShutdownReport
+from graceful_gunicorn import Lifecycle, ShutdownSequence
+from graceful_gunicorn._core.context import ShutdownContext
+from graceful_gunicorn._core.report import ShutdownReport
+from graceful_gunicorn._wsgi.discovery import EXTENSION_KEY, find_lifecycle
+from graceful_gunicorn._wsgi.middleware import InFlight, InFlightMiddleware
 
 PHASES = ["before_shutdown", "on_shutdown", "after_shutdown"]
 

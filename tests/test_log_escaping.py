@@ -6,7 +6,7 @@ import signal
 import socket
 from collections.abc import Callable
 
-from graceful_gunicorn.middleware import printable
+from graceful_gunicorn._core.in_flight import printable
 
 from .server import Gunicorn, wait_until
 

@@ -16,7 +16,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from werkzeug.test import create_environ, run_wsgi_app
 
-from graceful_gunicorn.middleware import InFlight, InFlightMiddleware
+from graceful_gunicorn._wsgi.middleware import InFlight, InFlightMiddleware
 
 WAIT = 5.0
 
@@ -570,7 +570,7 @@ def test_request_ends_say_served_or_cut(requests: InFlight) -> None:
 def test_a_request_through_two_watched_middleware_counts_once() -> None:
     """An app mounted inside another app's middleware: one request, two in-flight
     sets, one environ. Combined, it is one in flight and one served (it was two)."""
-    from graceful_gunicorn.lifecycle import Lifecycle
+    from graceful_gunicorn import Lifecycle
 
     outer, inner = Lifecycle(), Lifecycle()
     release = threading.Event()

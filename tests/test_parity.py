@@ -1,4 +1,4 @@
-"""Never worse than plain gunicorn (USERS.md), for sync, gthread and gevent.
+"""Never worse than plain gunicorn, for sync, gthread and gevent.
 
 Each test runs one scenario on plain gunicorn and then with graceful_gunicorn
 (tests/parity.py), with gunicorn's default settings (graceful_timeout 30) and

@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from graceful_gunicorn import summary, worker_reports
-from graceful_gunicorn.server_config import check_report_directory
-from graceful_gunicorn.settings import Settings, SettingsError
+from graceful_gunicorn._core.settings import Settings, SettingsError
+from graceful_gunicorn._gunicorn import summary, worker_reports
+from graceful_gunicorn._gunicorn.server_settings import check_report_directory
 
 from .conftest import WORKER_CLASSES
 from .server import BOOT_TIMEOUT, Gunicorn, process_gone, wait_until
@@ -585,7 +585,7 @@ def test_a_bad_report_counts_its_worker_as_killed(report_folder: Path, case: str
 
 def test_a_report_as_a_worker_writes_it_is_valid() -> None:
     """The real thing (ShutdownReport.as_dict) passes the check."""
-    from graceful_gunicorn.report import CallbackResult, PhaseResult, ShutdownReport
+    from graceful_gunicorn._core.report import CallbackResult, PhaseResult, ShutdownReport
 
     real = ShutdownReport("terminate", 5, 1, 1, 0, 0.5)
     real.phases.append(PhaseResult("drain", 0.1))
@@ -602,7 +602,7 @@ from graceful_gunicorn.conf import *  # noqa: F403
 
 def worker_exit(server, worker):
     """In the worker, after its report: replace it with the test's bad one."""
-    from graceful_gunicorn import worker_reports
+    from graceful_gunicorn._gunicorn import worker_reports
 
     folder = worker_reports._directory
     with open(os.path.join(folder, f"{os.getpid()}.json"), "w") as file:
@@ -955,7 +955,7 @@ def test_a_child_counts_running_without_os_waitid(monkeypatch: pytest.MonkeyPatc
     import subprocess
     import sys
 
-    from graceful_gunicorn import master
+    from graceful_gunicorn._gunicorn import master
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

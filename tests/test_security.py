@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import graceful_gunicorn
-from graceful_gunicorn import worker_reports
+from graceful_gunicorn._gunicorn import worker_reports
 
 from .server import Gunicorn, http_get
 from .test_awkward_signals import assert_each_callback_ran_once

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from graceful_gunicorn.settings import Settings, SettingsError
+from graceful_gunicorn._core.settings import Settings, SettingsError
 
 NUMERIC = ["shutdown_delay", "shutdown_callback_timeout", "quick_shutdown_timeout"]
 

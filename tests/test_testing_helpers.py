@@ -13,9 +13,9 @@ import pytest
 from flask import Flask
 
 from graceful_gunicorn import GracefulShutdown, ShutdownContext
-from graceful_gunicorn.live_server import GunicornServer, wait_until
-from graceful_gunicorn.pytest_plugin import StartServer
 from graceful_gunicorn.testing import run_shutdown
+from graceful_gunicorn.testing.pytest_plugin import StartServer
+from graceful_gunicorn.testing.server import GunicornServer, wait_until
 
 from .server import REPO
 

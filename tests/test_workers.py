@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from gunicorn import version_info as gunicorn_version_info
 
-from graceful_gunicorn.workers.gthread import GracefulThread
+from graceful_gunicorn._gunicorn.workers.gthread import GracefulThread
 
 
 def test_gthread_keep_flag_reads_false_in_a_thread_that_never_set_it() -> None:
@@ -36,8 +36,8 @@ def test_a_worker_belongs_to_the_generation_it_was_made_in() -> None:
     reload's SIGTERM would read as a recycle, and reasons= filters pick wrong)."""
     from gunicorn.config import Config
 
-    from graceful_gunicorn import master_state
-    from graceful_gunicorn.workers.sync import GracefulSync
+    from graceful_gunicorn._gunicorn import master_state
+    from graceful_gunicorn._gunicorn.workers.sync import GracefulSync
 
     state = master_state.create()
     before = state.generation
@@ -68,7 +68,7 @@ class _NullLog:
 def test_a_coordinator_that_fails_lets_the_worker_exit() -> None:
     """A recycling worker's main thread waits for ``done``: a coordinator that dies
     outside its sequence must still set it, and log why."""
-    from graceful_gunicorn.workers.coordinator import WorkerShutdown
+    from graceful_gunicorn._gunicorn.workers.shutdown import WorkerShutdown
 
     logged: list[str] = []
 
@@ -97,8 +97,8 @@ class _QuickSignals:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from gunicorn.config import Config
 
-        from graceful_gunicorn import master_state
-        from graceful_gunicorn.workers.sync import GracefulSync
+        from graceful_gunicorn._gunicorn import master_state
+        from graceful_gunicorn._gunicorn.workers.sync import GracefulSync
 
         self.state = master_state.create()
         self.worker = GracefulSync(1, os.getpid(), [], None, 30, Config(), _NullLog())
@@ -113,7 +113,7 @@ class _QuickSignals:
 
     def master_gets(self, sig: int) -> None:
         """The master's side of a quick signal it got: what it records, in order."""
-        from graceful_gunicorn import master_state
+        from graceful_gunicorn._gunicorn import master_state
 
         self.state.note_quick_signal(sig)
         self.state.begin_stop(master_state.STOP_QUICK, time.monotonic())
@@ -130,7 +130,7 @@ class _QuickSignals:
         os.kill(os.getpid(), sig)  # its handler runs at the next bytecode
 
     def close(self) -> None:
-        from graceful_gunicorn import master_state
+        from graceful_gunicorn._gunicorn import master_state
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGABRT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
@@ -233,7 +233,7 @@ def test_a_second_ctrl_backslash_after_a_merged_relay_is_a_second_stop(
     """Ctrl+\\ while the worker is descheduled: the master's SIGQUIT merges with the
     group's. A second Ctrl+\\ (a keystroke later) exits; one within RELAY_WINDOW of
     the worker's handler may be pkill's second half and is one stop."""
-    from graceful_gunicorn.workers import coordinator
+    from graceful_gunicorn._gunicorn.workers import shutdown as coordinator
 
     quick.master_gets(signal.SIGQUIT)
     quick.master_relays(send=False)  # merged with the group's, still pending

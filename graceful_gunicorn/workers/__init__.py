@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import GracefulWorkerMixin
-from .gthread import GracefulThread
-from .sync import GracefulSync
+from .._gunicorn.workers.base import GracefulWorkerMixin
+from .._gunicorn.workers.gthread import GracefulThread
+from .._gunicorn.workers.sync import GracefulSync
 
 ThreadWorker = GracefulThread
 
@@ -31,7 +31,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # gevent is optional: import its worker only when asked for.
     if name in ("GracefulGevent", "GeventWorker"):
-        from .ggevent import GracefulGevent
+        from .._gunicorn.workers.ggevent import GracefulGevent
 
         return GracefulGevent
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

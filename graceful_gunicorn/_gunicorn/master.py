@@ -1,9 +1,9 @@
 """The master's side of a stop: record why and when, and hold ``shutdown_delay``.
 
 gunicorn dispatches a queued signal to ``getattr(arbiter, "handle_" + name)``
-from its main loop, not from signal context, so instance attributes replace
-its handlers (GUNICORN.md section 2.2) in every version. Ours record the stop
-in the state shared with the workers, then call gunicorn's own handler.
+from its main loop, not from signal context (arbiter.py ``Arbiter.run``), so
+instance attributes replace its handlers in every version. Ours record the
+stop in the state shared with the workers, then call gunicorn's own handler.
 
 On ``SIGTERM`` with a ``shutdown_delay``, the master first announces that the
 server is going away (every worker's readiness path answers 503 from the next
@@ -26,21 +26,15 @@ from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import gunicorn
-
-from . import master_state, worker_reports
-from .server_config import settings_in_force
-from .settings import Settings, SettingsError
+from .._core.settings import Settings, SettingsError
+from . import compat, master_state, worker_reports
+from .server_settings import settings_in_force
 from .summary import MasterStopRecord, report
 
 if TYPE_CHECKING:
     from gunicorn.arbiter import Arbiter
 
 _INSTALLED = "_graceful_gunicorn_master"
-
-#: gunicorn before 25 reads no signal while its master waits in ``stop()``, so a
-#: SIGINT/SIGQUIT during a graceful stop never reached the workers (arbiter.py).
-_MASTER_DEAF_WHILE_STOPPING = gunicorn.version_info < (25, 0)
 
 
 def _running(pid: int) -> bool:
@@ -103,16 +97,21 @@ class MasterStop:
                 before_spawn(server)
                 return spawn()
 
-            server.spawn_worker = spawn_worker  # type: ignore[method-assign]
+            compat.replace_handlers(server, {"spawn_worker": spawn_worker})
         object.__setattr__(server, _INSTALLED, stop)
-        server.handle_term = stop.handle_term  # type: ignore[method-assign]
-        server.handle_int = stop.handle_int  # type: ignore[method-assign]
-        server.handle_quit = stop.handle_quit  # type: ignore[method-assign]
-        server.handle_hup = stop.handle_hup  # type: ignore[method-assign]
-        server.murder_workers = stop.murder_workers  # type: ignore[method-assign]
-        server.reap_workers = stop.reap_workers  # type: ignore[method-assign]
-        server.kill_workers = stop.kill_workers  # type: ignore[method-assign]
-        server.kill_worker = stop.kill_worker  # type: ignore[method-assign]
+        compat.replace_handlers(
+            server,
+            {
+                "handle_term": stop.handle_term,
+                "handle_int": stop.handle_int,
+                "handle_quit": stop.handle_quit,
+                "handle_hup": stop.handle_hup,
+                "murder_workers": stop.murder_workers,
+                "reap_workers": stop.reap_workers,
+                "kill_workers": stop.kill_workers,
+                "kill_worker": stop.kill_worker,
+            },
+        )
         stop._watch_quick_signals()
         return stop
 
@@ -216,7 +215,7 @@ class MasterStop:
         self._stopping = True
         self.delay_until = None
         self.state.begin_stop(kind, time.monotonic())
-        if kind == master_state.STOP_TERMINATE and _MASTER_DEAF_WHILE_STOPPING:
+        if kind == master_state.STOP_TERMINATE and compat.MASTER_DEAF_WHILE_STOPPING:
             for sig in (signal.SIGINT, signal.SIGQUIT):
                 signal.signal(sig, self._relay_quick_stop)
         gunicorn_handler()  # raises StopIteration: gunicorn's loop halts

@@ -21,7 +21,7 @@ at once, and the master never reads a half-written report. The master reads
 each report through the folder's locked descriptor (never by its path, which
 the workers' user could rename), without following a symlink or blocking on
 a FIFO (``NaN``/``Infinity`` are read as text); the summary then checks
-each report's types (:func:`graceful_gunicorn.summary.report_problem`). The
+each report's types (:func:`graceful_gunicorn._gunicorn.summary.report_problem`). The
 master removes a worker's report when it reaps a worker that stopped outside
 the master's own stop (a quick stop of one worker, a worker timeout), so that
 a later worker with a reused pid is not counted by it. JSON is data, never

@@ -19,10 +19,10 @@ import gevent.event
 import gevent.monkey
 import gevent.threadpool
 import greenlet
-from gunicorn.workers import ggevent
 from gunicorn.workers.base import Worker
 from gunicorn.workers.ggevent import GeventWorker
 
+from .. import compat
 from .base import LINGER_MARGIN, STOP_KEEPALIVE_LINGER, GracefulWorkerMixin
 
 _monotonic = time.monotonic  # on every request's path
@@ -162,7 +162,7 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
         """
         self._stop_requested = gevent.event.Event()
         self._listener_names = {id(s): s.getsockname() for s in self.sockets}
-        ggevent.gevent = _StopAwareGevent(self._stop_requested)  # type: ignore[attr-defined]
+        compat.replace_gevent_of_ggevent(_StopAwareGevent(self._stop_requested))
         super().run()
 
     def load_wsgi(self) -> None:

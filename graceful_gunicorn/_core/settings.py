@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .budget import safety_margin
+from .plan import safety_margin
 
 ENV_PREFIX = "GRACEFUL_"
 

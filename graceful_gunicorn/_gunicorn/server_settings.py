@@ -15,9 +15,10 @@ from typing import Any
 
 from gunicorn.config import Config
 
-from .budget import GRACEFUL_REASONS, ShutdownPlan
-from .lifecycle import Lifecycle
-from .settings import Settings, SettingsError
+from .._core.lifecycle import Lifecycle
+from .._core.plan import GRACEFUL_REASONS, ShutdownPlan
+from .._core.settings import Settings, SettingsError
+from . import compat
 from .summary import UnsafeReportPath, check_report_path
 
 #: gunicorn's stock worker classes and the graceful subclass that replaces each.
@@ -33,7 +34,7 @@ _FILE_CONFIG_MODULE = "__config__"
 
 def config_namespace(cfg: Config) -> Mapping[str, Any]:
     """The names of the config module gunicorn loaded (empty if none)."""
-    location = cfg.settings["config"].get()
+    location = compat.setting(cfg, "config")
     module = None
     if isinstance(location, str) and location.startswith("python:"):
         module = sys.modules.get(location[len("python:") :])
@@ -135,10 +136,10 @@ def check_report_directory(settings: Settings) -> None:
 
     Checked when the master starts, so that the report is not lost at the
     end: the folder must exist and be writable, pass the rule of
-    :func:`graceful_gunicorn.summary.open_report_folder` (no folder that
+    :func:`graceful_gunicorn._gunicorn.summary.open_report_folder` (no folder that
     anyone can write to, nothing on the way that belongs to a user other
     than root or the master's), and the path must name a regular file or
-    nothing yet (:func:`graceful_gunicorn.summary.check_report_path`). The
+    nothing yet (:func:`graceful_gunicorn._gunicorn.summary.check_report_path`). The
     error is one line: the setting, what is wrong with which real path, the fix.
     """
     path = settings.shutdown_report_path

@@ -22,16 +22,17 @@ from typing import Any
 from gunicorn.app.base import Application
 from gunicorn.app.wsgiapp import WSGIApplication
 
-from .budget import ShutdownPlan, safety_margin
-from .context import Reason
-from .lifecycle import Lifecycle, find_lifecycle
-from .server_config import (
+from .._core.context import Reason
+from .._core.lifecycle import Lifecycle
+from .._core.plan import ShutdownPlan, safety_margin
+from .._core.settings import Settings, SettingsError
+from .._wsgi.discovery import find_lifecycle
+from .server_settings import (
     check_report_directory,
     graceful_plans,
     graceful_worker_class,
     load_settings,
 )
-from .settings import Settings, SettingsError
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 gunicorn's worker signal handlers run in the main thread, in the middle of
 whatever it was doing (a request, on the sync worker). Ours therefore only
-record a flag and write one byte to a pipe (GUNICORN.md section 7.5); this
-coordinator thread wakes on that byte and runs the sequence:
+record a flag and write one byte to a pipe; this coordinator thread wakes on
+that byte and runs the sequence:
 
 1. ``before_shutdown`` callbacks, while the worker still serves;
 2. stop serving: gunicorn's own stop, its drain shortened to our drain budget;
@@ -30,13 +30,12 @@ from contextlib import suppress
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
-import gunicorn
-
-from .. import master_state, worker_reports
-from ..budget import ShutdownPlan, safety_margin
-from ..context import QUICK_REASONS, Reason
-from ..lifecycle import Lifecycle, ShutdownSequence
-from ..settings import Settings
+from ..._core.context import QUICK_REASONS, Reason
+from ..._core.lifecycle import Lifecycle
+from ..._core.plan import ShutdownPlan, safety_margin
+from ..._core.sequence import ShutdownSequence
+from ..._core.settings import Settings
+from .. import compat, master_state, worker_reports
 
 if TYPE_CHECKING:
     from gunicorn.glogging import Logger
@@ -82,8 +81,8 @@ class StoppableWorker(Protocol):
 EXIT_GRACE = 2.0
 
 #: gunicorn 25+ SIGKILLs the workers 2 s after a SIGINT/SIGQUIT that interrupts
-#: its graceful stop (arbiter.py ``stop()``); earlier masters keep graceful_timeout.
-MASTER_QUICK_LIMIT = 2.0 if gunicorn.version_info >= (25, 0) else None
+#: its graceful stop; earlier masters keep graceful_timeout (``None``).
+MASTER_QUICK_LIMIT = compat.MASTER_QUICK_LIMIT
 
 
 def _master_quick_cap() -> float | None:

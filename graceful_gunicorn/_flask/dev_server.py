@@ -21,8 +21,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .lifecycle import Lifecycle
-from .settings import Settings
+from .._core.lifecycle import Lifecycle
+from .._core.settings import Settings
 
 #: Set by ``flask run`` (Flask 2.2 to 3.1) in the process that loads the app.
 FROM_FLASK_CLI = "FLASK_RUN_FROM_CLI"

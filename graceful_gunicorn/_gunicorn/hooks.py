@@ -13,12 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import gunicorn
-
-from . import master_state, worker_reports
-from .lifecycle import find_lifecycle
+from .._core.settings import Settings, SettingsError
+from .._wsgi.discovery import find_lifecycle
+from . import compat, master_state, worker_reports
 from .master import MasterStop
-from .server_config import (
+from .server_settings import (
     check_lifecycle_fits,
     check_report_directory,
     graceful_worker_class,
@@ -26,7 +25,6 @@ from .server_config import (
     load_settings,
     settings_in_force,
 )
-from .settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from gunicorn.arbiter import Arbiter
@@ -123,7 +121,7 @@ def _install(server: Arbiter) -> None:
 
 def _chain_shadowed_hooks(cfg: Any) -> None:
     for name, (arity, ours) in _OUR_HOOKS.items():
-        current = cfg.settings[name].get()
+        current = compat.setting(cfg, name)
         if current is ours or getattr(current, _CHAINED, False):
             continue
         cfg.set(name, _chain(name, arity, ours, current))
@@ -161,12 +159,12 @@ _warned_old_gunicorn = False
 
 def _warn_old_gunicorn(log: Any) -> None:
     global _warned_old_gunicorn
-    if gunicorn.version_info < (23, 0) and not _warned_old_gunicorn:
+    if compat.KNOWN_REQUEST_SMUGGLING and not _warned_old_gunicorn:
         _warned_old_gunicorn = True
         log.warning(
             "graceful_gunicorn: gunicorn %s has known HTTP request smuggling "
             "vulnerabilities (fixed in 22.0 and 23.0); upgrade to gunicorn 23 or newer",
-            gunicorn.__version__,
+            ".".join(map(str, compat.VERSION)),
         )
 
 

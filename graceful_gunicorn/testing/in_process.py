@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .context import Reason
-from .lifecycle import find_lifecycle
-from .report import ShutdownReport
-from .settings import Settings
+from .._core.context import Reason
+from .._core.report import ShutdownReport
+from .._core.settings import Settings
+from .._wsgi.discovery import find_lifecycle
 
 
 @dataclass
@@ -58,7 +58,7 @@ def run_shutdown(
     ``DispatcherMiddleware`` mounting such apps: every app's callbacks run in
     one sequence, as in a worker); ``hold`` goes through Flask's test client, or
     Werkzeug's for other apps. The sequence is
-    planned as a gunicorn worker plans it (:mod:`graceful_gunicorn.budget`):
+    planned as a gunicorn worker plans it (:mod:`graceful_gunicorn._core.plan`):
     ``timeout`` is gunicorn's ``graceful_timeout`` (30 s by default), of which
     the same safety margin is kept; a quick reason's callbacks get
     ``quick_timeout`` (by default ``$GRACEFUL_QUICK_SHUTDOWN_TIMEOUT``, else 2 s).

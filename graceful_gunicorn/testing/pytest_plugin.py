@@ -30,7 +30,7 @@ from typing import Protocol
 
 import pytest
 
-from .live_server import GunicornServer
+from .server import GunicornServer
 
 
 class StartServer(Protocol):

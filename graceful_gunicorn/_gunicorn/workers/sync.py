@@ -24,7 +24,8 @@ BACKLOG_FIRST_BYTE = 1.0
 
 
 # Not named "...SyncWorker": gunicorn silently swaps a worker class whose name
-# ends so for its stock gthread worker when threads > 1 (GUNICORN.md 4.6).
+# ends so for its stock gthread worker when threads > 1 (config.py
+# ``Config.worker_class``: ``uri.endswith('SyncWorker')``).
 def _queued(listeners: list[Any]) -> int | None:
     """How many connections wait in the listeners' accept queues (Linux), else ``None``.
 

@@ -6,28 +6,12 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, suppress
-from functools import partial
 from typing import Any
 
-import gunicorn
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from .. import compat
 from .base import LINGER_MARGIN, STOP_KEEPALIVE_LINGER, GracefulWorkerMixin
-
-#: gunicorn before 24 leaves its loop as soon as ``alive`` is False and drops the
-#: connections still in its poller: accepted but not yet readable (21-23) and idle
-#: keep-alive ones, which are reset at exit (GUNICORN.md 3.8).
-_DROPS_POLLED_CONNECTIONS = gunicorn.version_info < (24, 0)
-
-#: gunicorn 24-26 drain without heartbeats and wait for idle keep-alive connections
-#: until graceful_timeout (their run() only murders them after a blocking select).
-_HOLDS_IDLE_KEEPALIVE = (24, 0) <= gunicorn.version_info < (27, 0)
-
-#: gunicorn before 27 closes a connection whose response announced keep-alive if
-#: the worker stopped during the request (``finish_request``: ``keepalive and
-#: self.alive``). A recycle stops it in the middle of other threads' requests, and
-#: their clients, already sending the next request, get a reset (GUNICORN.md 3.8).
-_CLOSES_ANNOUNCED_KEEPALIVE = gunicorn.version_info < (27, 0)
 
 
 class _Finishing(threading.local):
@@ -59,7 +43,7 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
         if self._serving or self._finishing.keep:
             return True
         if (
-            not _DROPS_POLLED_CONNECTIONS
+            not compat.GTHREAD_DROPS_POLLED_CONNECTIONS
             or self._lingered
             or threading.current_thread() is not threading.main_thread()
         ):
@@ -77,44 +61,26 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
 
     def run(self) -> None:
         """gunicorn's loop; from 24 on, nothing goes into its queue once it closed it."""
-        if not _DROPS_POLLED_CONNECTIONS:
+        if not compat.GTHREAD_DROPS_POLLED_CONNECTIONS:
             self._guard_method_queue()
         super().run()
 
     def _guard_method_queue(self) -> None:
-        """gunicorn's method queue is a pipe that its loop closes when it ends; a
-        write after that lands in whatever file or socket reuses the descriptor.
-        Our stop keeps the process running for seconds after that loop, while a
-        request that outlived the drain finishes (its done-callback defers
+        """Our stop keeps the process running for seconds after gunicorn's loop,
+        while a request that outlived the drain finishes (its done-callback defers
         ``finish_request``) and the app opens files: from the stop on (see
-        stop_serving), every write checks first. Before it, the request path
-        keeps gunicorn's own ``defer``: a request ends before the loop does."""
-        lock = threading.RLock()  # reentrant: gunicorn's handle_exit defers in signal context
-        queue = self.method_queue
-        close, defer = queue.close, queue.defer
-        closed = False
-
-        def close_for_good() -> None:
-            nonlocal closed
-            with lock:
-                closed = True
-                close()
-
-        def defer_while_open(callback: Any, *args: Any) -> None:
-            with lock:
-                if not closed:
-                    defer(callback, *args)
-
-        queue.close = close_for_good  # type: ignore[method-assign]
-        self._defer_while_open = defer_while_open
+        stop_serving), every write to the queue checks first that it is open.
+        Before it, the request path keeps gunicorn's own ``defer``: a request
+        ends before the loop does."""
+        self._defer_while_open = compat.guard_method_queue(self.method_queue)
 
     def stop_serving(self, drain_seconds: float) -> None:
         """Stop accepting; on gunicorn 24-26, close idle keep-alive connections after a linger."""
         defer_while_open = self._defer_while_open
         if defer_while_open is not None:
-            self.method_queue.defer = defer_while_open  # type: ignore[method-assign]
+            compat.replace_method_queue_defer(self.method_queue, defer_while_open)
         super().stop_serving(drain_seconds)
-        if not _HOLDS_IDLE_KEEPALIVE:
+        if not compat.GTHREAD_HOLDS_IDLE_KEEPALIVE:
             return
         # Closed before the drain deadline, so that the drain ends by itself.
         linger = min(STOP_KEEPALIVE_LINGER, max(0.0, drain_seconds - LINGER_MARGIN))
@@ -131,7 +97,7 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
         master passed it on (gunicorn 25+, arbiter.py ``stop``)."""
         if not drain_over:
             return
-        if _DROPS_POLLED_CONNECTIONS:
+        if compat.GTHREAD_DROPS_POLLED_CONNECTIONS:
             self._linger_until = time.monotonic()  # _serve_polled_connections closes them
             return
         # In gunicorn's main loop, which the queue wakes; the murder closes what expired.
@@ -139,7 +105,7 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
         self.method_queue.defer(self.murder_keepalived)
 
     # gunicorn 27 keeps such a connection itself: nothing of ours on its request path.
-    if _CLOSES_ANNOUNCED_KEEPALIVE:
+    if compat.GTHREAD_CLOSES_ANNOUNCED_KEEPALIVE:
 
         def finish_request(self, *args: Any) -> None:
             """Keep a connection whose response announced keep-alive, as gunicorn 27 does.
@@ -152,7 +118,7 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
             if self._serving:
                 super().finish_request(*args)
                 return
-            if _DROPS_POLLED_CONNECTIONS:
+            if compat.GTHREAD_DROPS_POLLED_CONNECTIONS:
                 with self._lock:  # in a request thread: against the end of the linger
                     self._finish_keeping(not self._lingered, args)
                 return
@@ -194,11 +160,7 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
                 with suppress(KeyError, ValueError, OSError):
                     self.poller.unregister(listener)
         with self._lock:
-            polled = [
-                key.data.args[0]
-                for key in self.poller.get_map().values()
-                if isinstance(key.data, partial) and key.data.args
-            ]
+            polled = compat.polled_connections(self.poller)
             waiting = [conn for conn in polled if isinstance(conn, TConn)]
             # Connections in a request thread come back to the poller (finish_request).
             busy = self.nr_conns > len(waiting)

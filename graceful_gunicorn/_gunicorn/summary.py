@@ -1,7 +1,7 @@
 """The master's shutdown summary: one log line, one JSON report, optionally a file.
 
 When the master exits (gunicorn's ``on_exit`` hook), it reads the report of
-each worker it stopped (see :mod:`graceful_gunicorn.worker_reports`); a
+each worker it stopped (see :mod:`graceful_gunicorn._gunicorn.worker_reports`); a
 worker without a report, or with one that is not what a worker writes
 (:func:`report_problem`), was killed or crashed on the way out, and one
 whose report says ``"forced_exit": true`` finished its sequence but had to
@@ -78,7 +78,7 @@ def _text_or_none(value: object) -> bool:
     return value is None or isinstance(value, str)
 
 
-#: What a worker writes (:meth:`graceful_gunicorn.report.ShutdownReport.as_dict`),
+#: What a worker writes (:meth:`graceful_gunicorn._core.report.ShutdownReport.as_dict`),
 #: key by key; a key may be missing, never of another type.
 _REPORT_FIELDS = {
     "reason": _text,

@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from gunicorn.arbiter import Arbiter
 
-from .. import master_state
-from ..context import PHASES
-from ..lifecycle import Lifecycle, find_lifecycle
-from ..server_config import check_lifecycle_fits, settings_in_force
-from ..settings import SettingsError
-from .coordinator import WorkerShutdown
+from ..._core.context import PHASES
+from ..._core.lifecycle import Lifecycle
+from ..._core.settings import SettingsError
+from ..._wsgi.discovery import find_lifecycle
+from ..._wsgi.lifecycle import Lifecycle as WSGILifecycle
+from .. import compat, master_state
+from ..server_settings import check_lifecycle_fits, settings_in_force
+from .shutdown import WorkerShutdown
 
 #: How long a stopping worker keeps a kept-alive connection open for a next
 #: request, from its last response or the stop, whichever came later (its own
@@ -52,18 +54,6 @@ if TYPE_CHECKING:
     _Base = Worker
 else:
     _Base = object
-
-
-def close_after_response(start_response: Any) -> None:
-    """Make gunicorn close this request's connection after its response.
-
-    gunicorn drops a ``Connection`` header set by the app; its
-    ``start_response`` is a method of its response object, which can.
-    """
-    response = getattr(start_response, "__self__", None)
-    force_close = getattr(response, "force_close", None)
-    if force_close is not None:
-        force_close()
 
 
 class GracefulWorkerMixin(_Base):
@@ -94,10 +84,11 @@ class GracefulWorkerMixin(_Base):
     def load_wsgi(self) -> None:
         """Load the app, then find its lifecycle or give it one."""
         super().load_wsgi()
-        lifecycle = find_lifecycle(self.wsgi)
+        lifecycle: Lifecycle | None = find_lifecycle(self.wsgi)
         if lifecycle is None:
-            lifecycle = Lifecycle()
-            self.wsgi = cast(Any, lifecycle.wrap(cast(Any, self.wsgi)))
+            counted = WSGILifecycle()
+            self.wsgi = cast(Any, counted.wrap(cast(Any, self.wsgi)))
+            lifecycle = counted
         settings = settings_in_force(self.cfg)
         state = master_state.current()
         try:
@@ -111,7 +102,7 @@ class GracefulWorkerMixin(_Base):
             if state is not None:
                 each.readiness.server_flag = state.flag
                 each.readiness.standalone = False
-            each.readiness.close_connection = close_after_response
+            each.readiness.close_connection = compat.close_after_response
         assert self.graceful is not None  # created in init_signals, which runs first
         self.graceful.attach(lifecycle, settings)
         apps = ""
@@ -212,19 +203,13 @@ class GracefulWorkerMixin(_Base):
         """Stop accepting; gunicorn's own drain may take ``drain_seconds`` at most."""
         # Each worker reads graceful_timeout when its drain starts; this copy of
         # the config belongs to this process alone.
-        self.cfg.settings["graceful_timeout"].value = drain_seconds
+        compat.set_graceful_timeout(self.cfg, drain_seconds)
         super().handle_exit(signal.SIGTERM, None)
-        try:
-            os.write(self.PIPE[1], b".")  # wakes the sync worker's select()
-        except OSError:
-            pass
+        compat.wake_worker(self)  # the sync worker waits in select()
 
     def wake_main_loop(self) -> None:
         """Wake gunicorn's loop (its select), so the main thread runs pending signal handlers."""
-        try:
-            os.write(self.PIPE[1], b".")
-        except OSError:
-            pass
+        compat.wake_worker(self)
 
     def interrupt_main(self) -> None:
         """Make a main thread that is still inside a request leave it (sync worker)."""

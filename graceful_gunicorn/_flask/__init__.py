@@ -1,0 +1,1 @@
+"""What the Flask extension needs beyond the core: ``flask run`` parity."""

@@ -1,0 +1,1 @@
+"""The graceful workers' implementation; :mod:`graceful_gunicorn.workers` names them."""

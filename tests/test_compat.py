@@ -1,0 +1,186 @@
+"""Each assumption about gunicorn's internals, checked against the gunicorn installed.
+
+``graceful_gunicorn._gunicorn.compat`` names every gunicorn internal and version
+difference the package relies on; each test here checks one against the
+installed gunicorn's code or behaviour, so that the tox matrix runs them on
+every gunicorn version and a release that changes one fails here, by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import selectors
+import socket
+from functools import partial
+from types import SimpleNamespace
+
+import gunicorn
+import pytest
+from gunicorn.arbiter import Arbiter
+from gunicorn.config import Config
+from gunicorn.http.parser import RequestParser
+from gunicorn.http.wsgi import Response
+from gunicorn.workers import base as worker_base
+from gunicorn.workers import gthread
+
+from graceful_gunicorn._gunicorn import compat
+
+
+def _source(obj: object) -> str:
+    return inspect.getsource(obj)  # type: ignore[arg-type]
+
+
+def test_version_is_gunicorns() -> None:
+    assert compat.VERSION == tuple(gunicorn.version_info)
+    assert compat.VERSION[:2] == tuple(int(p) for p in gunicorn.__version__.split(".")[:2])
+
+
+def test_master_quick_limit_is_what_arbiter_stop_waits_after_a_quick_signal() -> None:
+    stop = _source(Arbiter.stop)
+    if compat.MASTER_QUICK_LIMIT is None:
+        assert "SIG_QUEUE" not in stop  # deaf: reads no signal while it waits
+        assert compat.MASTER_DEAF_WHILE_STOPPING
+        return
+    assert not compat.MASTER_DEAF_WHILE_STOPPING
+    quick = stop[stop.index("Quick shutdown requested") :]
+    found = re.search(r"limit = time\.time\(\) \+ ([0-9.]+)", quick)
+    assert found is not None, "Arbiter.stop no longer sets a limit after a quick signal"
+    assert float(found.group(1)) == compat.MASTER_QUICK_LIMIT
+    assert "kill_workers(signal.SIGQUIT)" in quick
+
+
+def test_gthread_drops_polled_connections_when_it_has_no_drain_loop() -> None:
+    run = _source(gthread.ThreadWorker.run)
+    has_drain_loop = "while self.nr_conns > 0" in run
+    assert compat.GTHREAD_DROPS_POLLED_CONNECTIONS == (not has_drain_loop)
+    assert compat.GTHREAD_DROPS_POLLED_CONNECTIONS == (not hasattr(gthread, "PollableMethodQueue"))
+
+
+def test_gthread_holds_idle_keepalive_when_its_drain_does_not_force_them_closed() -> None:
+    run = _source(gthread.ThreadWorker.run)
+    holds = "while self.nr_conns > 0" in run and "murder_keepalived(force=True)" not in run
+    assert compat.GTHREAD_HOLDS_IDLE_KEEPALIVE == holds
+
+
+def test_gthread_closes_announced_keepalive_when_finish_request_asks_alive() -> None:
+    finish = _source(gthread.ThreadWorker.finish_request)
+    asks_alive = re.search(r"(keepalive|result) and self\.alive:", finish) is not None
+    assert compat.GTHREAD_CLOSES_ANNOUNCED_KEEPALIVE == asks_alive
+
+
+def _response() -> Response:
+    cfg = Config()
+    parser = RequestParser(cfg, [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"], ("127.0.0.1", 1))
+    return Response(next(parser), None, cfg)
+
+
+def test_close_after_response_makes_gunicorns_response_close_its_connection() -> None:
+    response = _response()
+    response.start_response("200 OK", [("Content-Length", "0")])
+    assert compat.response_of(response.start_response) is response
+    assert not response.should_close()  # HTTP/1.1: kept alive
+    compat.close_after_response(response.start_response)
+    assert response.should_close()
+
+
+def test_close_after_response_leaves_a_start_response_that_is_not_gunicorns() -> None:
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        pass
+
+    assert compat.response_of(start_response) is None
+    compat.close_after_response(start_response)  # no error
+
+
+def test_setting_and_set_graceful_timeout() -> None:
+    cfg = Config()
+    assert compat.setting(cfg, "graceful_timeout") == cfg.graceful_timeout == 30
+    compat.set_graceful_timeout(cfg, 1.5)
+    assert cfg.graceful_timeout == 1.5
+    assert compat.setting(cfg, "graceful_timeout") == 1.5
+
+
+def test_wake_worker_writes_to_the_pipe_gunicorns_loops_wait_on() -> None:
+    init_process = _source(worker_base.Worker.init_process)
+    assert "self.PIPE = os.pipe()" in init_process
+    assert "self.PIPE[0]" in init_process  # in wait_fds, beside the listeners
+    read, write = os.pipe()
+    try:
+        compat.wake_worker(SimpleNamespace(PIPE=(read, write)))
+        assert os.read(read, 1) == b"."
+    finally:
+        os.close(read)
+        os.close(write)
+    compat.wake_worker(SimpleNamespace(PIPE=(read, write)))  # closed: no error
+
+
+def test_polled_connections_are_the_partials_arguments() -> None:
+    if compat.GTHREAD_DROPS_POLLED_CONNECTIONS:
+        source = inspect.getsource(gthread)
+        assert re.search(
+            r"partial\(self\.(on_client_socket_readable|reuse_connection), conn\)", source
+        )
+    poller = selectors.DefaultSelector()
+    listener, conn_sock = socket.socketpair()
+    try:
+        conn = object()
+        poller.register(listener, selectors.EVENT_READ, partial(print, None))
+        poller.register(conn_sock, selectors.EVENT_READ, partial(print, conn))
+        assert conn in compat.polled_connections(poller)
+        assert len(compat.polled_connections(poller)) == 2  # the caller filters TConn
+    finally:
+        poller.close()
+        listener.close()
+        conn_sock.close()
+
+
+@pytest.mark.skipif(
+    not hasattr(gthread, "PollableMethodQueue"), reason="gunicorn before 24 has no method queue"
+)
+def test_guard_method_queue_never_writes_once_closed() -> None:
+    queue = gthread.PollableMethodQueue()
+    queue.init()
+    defer = compat.guard_method_queue(queue)
+    called: list[int] = []
+    defer(called.append, 1)
+    queue.run_callbacks(None)
+    assert called == [1]
+    queue.close()
+    reused_read, reused_write = os.pipe()  # most likely the numbers just freed
+    try:
+        os.set_blocking(reused_read, False)
+        defer(called.append, 2)
+        with pytest.raises(BlockingIOError):
+            os.read(reused_read, 1)
+    finally:
+        os.close(reused_read)
+        os.close(reused_write)
+    compat.replace_method_queue_defer(queue, defer)
+    assert queue.defer is defer
+    assert "self.method_queue.defer(" in inspect.getsource(gthread)
+
+
+def test_replace_gevent_of_ggevent_is_what_its_loop_sleeps_through() -> None:
+    pytest.importorskip("gevent")
+    from gunicorn.workers import ggevent
+
+    assert "gevent.sleep(" in _source(ggevent.GeventWorker.run)
+    original = ggevent.gevent  # type: ignore[attr-defined]
+    replacement = SimpleNamespace()
+    try:
+        compat.replace_gevent_of_ggevent(replacement)
+        assert ggevent.gevent is replacement  # type: ignore[attr-defined]
+    finally:
+        ggevent.gevent = original  # type: ignore[attr-defined]
+
+
+def test_replace_handlers_wins_because_gunicorn_calls_them_through_self() -> None:
+    assert '"handle_%s" % signame' in _source(Arbiter.run)
+    arbiter_source = inspect.getsource(Arbiter)
+    for name in ("murder_workers", "reap_workers", "kill_workers", "kill_worker", "spawn_worker"):
+        assert f"self.{name}(" in arbiter_source, name
+    arbiter = Arbiter.__new__(Arbiter)
+    compat.replace_handlers(arbiter, {"handle_hup": len})
+    assert arbiter.handle_hup is len
+    assert Arbiter.handle_hup is not len
