@@ -16,13 +16,15 @@ run`` the callbacks run once when the server exits (:mod:`.dev_server`).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Collection
 from typing import Any
 
 from flask import Flask, current_app, has_app_context, request
 
-from ._core.callbacks import CallbackT
+from ._core.callbacks import CallbackT, Registration
 from ._core.context import Phase
+from ._core.decorators import ShutdownDecorators
 from ._flask import dev_server
 from ._wsgi.discovery import EXTENSION_KEY
 from ._wsgi.lifecycle import Lifecycle
@@ -51,17 +53,22 @@ def _arm_for_dev_server(app: Flask, lifecycle: Lifecycle) -> None:
     app.before_request(arm_on_first_request)
 
 
-class GracefulShutdown:
+class GracefulShutdown(ShutdownDecorators):
     """Give a Flask app a graceful shutdown lifecycle.
 
-    Callbacks registered on the extension apply to every app it is
-    initialised on; callbacks registered on an app (``@app.on_shutdown``)
-    apply to that app only.
+    Callbacks registered on the extension (``@graceful.on_shutdown``) apply
+    to every app it is initialised on, before or after; callbacks registered
+    on an app (``@app.on_shutdown``) apply to that app only. The extension
+    keeps no app alive: it holds their lifecycles weakly.
+
+    ``@app.on_shutdown`` is an attribute Flask's types do not declare, so
+    ``mypy --strict`` rejects it in your code; the typed spellings are the
+    extension's decorators and ``graceful.lifecycle(app).on_shutdown``.
     """
 
     def __init__(self, app: Flask | None = None) -> None:
         self._registrations: list[tuple[Phase, Callable[..., Any], dict[str, Any]]] = []
-        self._lifecycles: list[Lifecycle] = []
+        self._lifecycles: weakref.WeakSet[Lifecycle] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -80,56 +87,25 @@ class GracefulShutdown:
             setattr(app, name, getattr(lifecycle, name))
         for phase, func, options in self._registrations:
             lifecycle.register(phase, func, **options)
-        self._lifecycles.append(lifecycle)
+        self._lifecycles.add(lifecycle)
         if dev_server.under_flask_run():
             _arm_for_dev_server(app, lifecycle)
 
-    def _register(
+    def register(
         self,
         phase: Phase,
-        func: CallbackT | None,
-        timeout: float | None,
-        reasons: Collection[str] | None,
-    ) -> Any:
-        def decorate(f: CallbackT) -> CallbackT:
-            for lifecycle in self._lifecycles:
-                lifecycle.register(phase, f, timeout=timeout, reasons=reasons)
-            if not self._lifecycles:  # validate now, even before init_app
-                Lifecycle().register(phase, f, timeout=timeout, reasons=reasons)
-            self._registrations.append((phase, f, {"timeout": timeout, "reasons": reasons}))
-            return f
-
-        return decorate(func) if func is not None else decorate
-
-    def before_shutdown(
-        self,
-        func: CallbackT | None = None,
+        func: CallbackT,
         *,
         timeout: float | None = None,
         reasons: Collection[str] | None = None,
-    ) -> Any:
-        """Register a phase-1 callback on every app of this extension."""
-        return self._register("before_shutdown", func, timeout, reasons)
-
-    def on_shutdown(
-        self,
-        func: CallbackT | None = None,
-        *,
-        timeout: float | None = None,
-        reasons: Collection[str] | None = None,
-    ) -> Any:
-        """Register a phase-2 callback on every app of this extension."""
-        return self._register("on_shutdown", func, timeout, reasons)
-
-    def after_shutdown(
-        self,
-        func: CallbackT | None = None,
-        *,
-        timeout: float | None = None,
-        reasons: Collection[str] | None = None,
-    ) -> Any:
-        """Register a phase-3 callback on every app of this extension."""
-        return self._register("after_shutdown", func, timeout, reasons)
+    ) -> CallbackT:
+        """Register ``func`` in ``phase`` on every app of this extension, those
+        initialised later too; return it unchanged."""
+        Registration.create(func, phase, timeout, reasons)  # invalid: raise now, once
+        for lifecycle in list(self._lifecycles):
+            lifecycle.register(phase, func, timeout=timeout, reasons=reasons)
+        self._registrations.append((phase, func, {"timeout": timeout, "reasons": reasons}))
+        return func
 
     def lifecycle(self, app: Flask | None = None) -> Lifecycle:
         """The lifecycle of ``app``, else of the current app, else of the only app."""
@@ -142,11 +118,12 @@ class GracefulShutdown:
                     "graceful_gunicorn is not set up on this app: call init_app(app)"
                 )
             return found
-        if len(self._lifecycles) == 1:
-            return self._lifecycles[0]
+        lifecycles = list(self._lifecycles)
+        if len(lifecycles) == 1:
+            return lifecycles[0]
         raise RuntimeError(
             "no app to choose: call inside an app context or pass the app "
-            f"({len(self._lifecycles)} apps use this extension)"
+            f"({len(lifecycles)} apps use this extension)"
         )
 
     @property

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from .context import REASONS, Phase, Reason, ShutdownContext
+from .context import PHASES, REASONS, Phase, Reason, ShutdownContext
 from .report import CallbackResult, Outcome
 
 Callback = Callable[..., Any]
@@ -114,6 +114,8 @@ class Registration:
         reasons: Collection[str] | None,
     ) -> Registration:
         """Validate the arguments of a registration; raise ``TypeError``/``ValueError``."""
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {list(PHASES)}, got {phase!r}")
         if not callable(func):
             raise TypeError(f"{phase} expects a callable, got {func!r}")
         timeout = check_timeout(timeout, f"{phase} timeout")

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
-from typing import Any, overload
+from typing import Any
 
 from .callbacks import (
     AsyncRunner,
@@ -24,6 +24,7 @@ from .callbacks import (
     check_timeout,
 )
 from .context import PHASES, REASONS, Phase, Reason
+from .decorators import ShutdownDecorators
 from .in_flight import InFlight
 from .plan import ShutdownPlan, plan_shutdown
 from .readiness import Readiness
@@ -46,7 +47,7 @@ def _no_heartbeat() -> None:
     pass
 
 
-class Lifecycle:
+class Lifecycle(ShutdownDecorators):
     """The shutdown lifecycle of one WSGI application.
 
     Callbacks are registered with :meth:`before_shutdown`, :meth:`on_shutdown`
@@ -95,8 +96,6 @@ class Lifecycle:
         reasons: Collection[str] | None = None,
     ) -> CallbackT:
         """Register ``func`` in ``phase``; return it unchanged."""
-        if phase not in PHASES:
-            raise ValueError(f"phase must be one of {list(PHASES)}, got {phase!r}")
         registration = Registration.create(func, phase, timeout, reasons)
         if self._sequence is not None:
             raise RuntimeError(
@@ -105,71 +104,6 @@ class Lifecycle:
             )
         self._registrations[phase].append(registration)
         return func
-
-    def _decorator(
-        self,
-        phase: Phase,
-        func: CallbackT | None,
-        timeout: float | None,
-        reasons: Collection[str] | None,
-    ) -> Any:
-        if func is not None:
-            return self.register(phase, func, timeout=timeout, reasons=reasons)
-        # Validate the options now, not when the decorator is applied.
-        check_timeout(timeout, f"{phase} timeout")
-
-        def decorate(f: CallbackT) -> CallbackT:
-            return self.register(phase, f, timeout=timeout, reasons=reasons)
-
-        return decorate
-
-    @overload
-    def before_shutdown(self, func: CallbackT) -> CallbackT: ...
-    @overload
-    def before_shutdown(
-        self, *, timeout: float | None = None, reasons: Collection[str] | None = None
-    ) -> Callable[[CallbackT], CallbackT]: ...
-    def before_shutdown(
-        self,
-        func: CallbackT | None = None,
-        *,
-        timeout: float | None = None,
-        reasons: Collection[str] | None = None,
-    ) -> Any:
-        """Register a callback of phase 1: runs while the server still serves."""
-        return self._decorator("before_shutdown", func, timeout, reasons)
-
-    @overload
-    def on_shutdown(self, func: CallbackT) -> CallbackT: ...
-    @overload
-    def on_shutdown(
-        self, *, timeout: float | None = None, reasons: Collection[str] | None = None
-    ) -> Callable[[CallbackT], CallbackT]: ...
-    def on_shutdown(
-        self,
-        func: CallbackT | None = None,
-        *,
-        timeout: float | None = None,
-        reasons: Collection[str] | None = None,
-    ) -> Any:
-        """Register a callback of phase 2: runs after in-flight requests drained."""
-        return self._decorator("on_shutdown", func, timeout, reasons)
-
-    @overload
-    def after_shutdown(self, func: CallbackT) -> CallbackT: ...
-    @overload
-    def after_shutdown(
-        self, *, timeout: float | None = None, reasons: Collection[str] | None = None
-    ) -> Callable[[CallbackT], CallbackT]: ...
-    def after_shutdown(
-        self,
-        func: CallbackT | None = None,
-        *,
-        timeout: float | None = None,
-        reasons: Collection[str] | None = None,
-    ) -> Any:
-        """Register a callback of phase 3: the last word before the process exits."""
-        return self._decorator("after_shutdown", func, timeout, reasons)
 
     def callbacks(self, phase: Phase, reason: Reason | None = None) -> list[Registration]:
         """The callbacks of ``phase`` in the order they run (newest first)."""
