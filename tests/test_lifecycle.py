@@ -267,10 +267,11 @@ def test_raising_callback_is_an_error_and_the_next_one_runs(
     assert "explode" in report.callbacks[0].name
     failures = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(failures) == 1
-    message = failures[0].getMessage()
-    assert "explode" in message
-    assert "Traceback (most recent call last)" in message
-    assert text in message
+    assert "explode" in failures[0].getMessage()
+    assert failures[0].exc_info is not None and failures[0].exc_info[1] is error
+    logged = caplog.text  # the message with its traceback, as a handler formats it
+    assert "Traceback (most recent call last)" in logged
+    assert text in logged
 
 
 def test_callback_raising_timeout_error_is_an_error(

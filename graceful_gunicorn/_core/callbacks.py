@@ -19,16 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import math
 import threading
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from .context import PHASES, REASONS, Phase, Reason, ShutdownContext
 from .report import CallbackResult, Outcome
+from .seconds import parse_seconds
 
 Callback = Callable[..., Any]
 """A callable taking no argument or one :class:`ShutdownContext`; sync or ``async``."""
@@ -61,14 +60,8 @@ def callback_name(func: Callback) -> str:
 
 
 def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
-    """Validate a timeout in seconds: ``None`` or a finite number >= 0."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds >= 0, got {timeout!r}")
-    if math.isnan(timeout) or math.isinf(timeout) or timeout < 0:
-        raise ValueError(f"{what} must be a number of seconds >= 0, got {timeout!r}")
-    return float(timeout)
+    """Validate a timeout in seconds: ``None``, or as :func:`.seconds.parse_seconds` reads it."""
+    return None if timeout is None else parse_seconds(timeout, what)
 
 
 def _takes_context(func: Callback) -> bool:
@@ -257,13 +250,13 @@ def _result(
         )
         return CallbackResult(registration.name, registration.phase, status, duration)
     if error is not None:
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        # exc_info, not the text: handlers that report errors (Sentry) get the exception.
         logger.error(
-            "graceful_gunicorn: %s callback %s failed after %.2fs:\n%s",
+            "graceful_gunicorn: %s callback %s failed after %.2fs:",
             registration.phase,
             registration.name,
             duration,
-            text.rstrip(),
+            exc_info=error,
         )
         return CallbackResult(
             registration.name,

@@ -14,17 +14,14 @@ with one line that names the setting, the value and what is allowed.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .plan import safety_margin
+from .seconds import parse_seconds
 
 ENV_PREFIX = "GRACEFUL_"
-
-#: A number of seconds larger than this is a mistake, not a plan.
-MAX_SECONDS = 86_400.0
 
 
 class SettingsError(ValueError):
@@ -109,16 +106,10 @@ def _parse(name: str, raw: Any, source: str) -> Any:
 
 
 def _parse_seconds(raw: Any, source: str) -> float:
-    expected = f"a number of seconds between 0 and {MAX_SECONDS:g}"
-    if isinstance(raw, bool):
-        raise SettingsError(f"{source} must be {expected}, got {raw!r}")
     try:
-        value = float(raw.strip() if isinstance(raw, str) else raw)
-    except (TypeError, ValueError, OverflowError):
-        raise SettingsError(f"{source} must be {expected}, got {raw!r}") from None
-    if math.isnan(value) or not 0 <= value <= MAX_SECONDS:
-        raise SettingsError(f"{source} must be {expected}, got {raw!r}")
-    return value
+        return parse_seconds(raw, source, text=True)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _parse_path(raw: Any, source: str) -> str | None:
