@@ -29,6 +29,7 @@ import pytest
 
 from graceful_gunicorn._core.settings import Settings, SettingsError
 from graceful_gunicorn._gunicorn import summary, worker_reports
+from graceful_gunicorn._gunicorn.process_state import STATE
 from graceful_gunicorn._gunicorn.server_settings import check_report_directory
 
 from .conftest import WORKER_CLASSES
@@ -79,8 +80,8 @@ def _dead_pid() -> int:
 def report_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """A fresh workers' folder in this test's own temporary folder."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(worker_reports, "_directory", None)
-    monkeypatch.setattr(worker_reports, "_lock", None)
+    monkeypatch.setattr(STATE, "report_folder", None)
+    monkeypatch.setattr(STATE, "report_folder_fd", None)
     try:
         yield Path(worker_reports.create())
     finally:
@@ -298,8 +299,8 @@ def test_report_folder_is_given_to_the_workers_user_only(
     """The folder becomes the workers' (nobody:nogroup, 0700, as gunicorn's
     worker temporary files); a worker that really runs as nobody writes its
     report; a reload back to the master's user and group gives it back."""
-    monkeypatch.setattr(worker_reports, "_directory", None)
-    monkeypatch.setattr(worker_reports, "_lock", None)
+    monkeypatch.setattr(STATE, "report_folder", None)
+    monkeypatch.setattr(STATE, "report_folder_fd", None)
     folder = worker_reports.create(NOBODY.pw_uid, NOBODY.pw_gid)
     try:
         info = os.stat(folder)
@@ -602,9 +603,9 @@ from graceful_gunicorn.conf import *  # noqa: F403
 
 def worker_exit(server, worker):
     """In the worker, after its report: replace it with the test's bad one."""
-    from graceful_gunicorn._gunicorn import worker_reports
+    from graceful_gunicorn._gunicorn.process_state import STATE
 
-    folder = worker_reports._directory
+    folder = STATE.report_folder
     with open(os.path.join(folder, f"{os.getpid()}.json"), "w") as file:
         file.write(os.environ["BAD_REPORT"])
 
@@ -672,9 +673,9 @@ def test_another_account_of_the_workers_group_cannot_plant_anything(
             os.setgroups([NOBODY.pw_gid])
             os.setuid(54321)  # another service sharing nogroup
             # through the folder's descriptor: pytest's own folders above are 0700
-            assert worker_reports._lock is not None
+            assert STATE.report_folder_fd is not None
             try:
-                os.mkfifo("4000001.json", dir_fd=worker_reports._lock)
+                os.mkfifo("4000001.json", dir_fd=STATE.report_folder_fd)
             except PermissionError:
                 status = 0
         finally:
@@ -756,8 +757,8 @@ def test_a_master_with_the_dead_masters_pid_removes_its_folder(
     folder. Result: the old one is removed (before: _alive(os.getpid()) kept
     it forever); the new one is locked from the moment it has its name."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(worker_reports, "_directory", None)
-    monkeypatch.setattr(worker_reports, "_lock", None)
+    monkeypatch.setattr(STATE, "report_folder", None)
+    monkeypatch.setattr(STATE, "report_folder_fd", None)
     old = tmp_path / f"graceful_gunicorn-{os.getpid()}-oldoldol"
     old.mkdir(mode=0o700)
     (old / "1.json").write_text("{}")

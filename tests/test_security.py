@@ -18,6 +18,7 @@ import pytest
 
 import graceful_gunicorn
 from graceful_gunicorn._gunicorn import worker_reports
+from graceful_gunicorn._gunicorn.process_state import STATE
 
 from .server import Gunicorn, http_get
 from .test_awkward_signals import assert_each_callback_ran_once
@@ -242,7 +243,7 @@ def test_shared_state_is_anonymous_memory(gunicorn: Callable[..., Gunicorn]) -> 
 
 @pytest.fixture
 def report_folder(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setattr(worker_reports, "_directory", None)
+    monkeypatch.setattr(STATE, "report_folder", None)
     folder = worker_reports.create()
     try:
         yield folder

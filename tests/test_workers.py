@@ -36,7 +36,7 @@ def test_a_worker_belongs_to_the_generation_it_was_made_in() -> None:
     reload's SIGTERM would read as a recycle, and reasons= filters pick wrong)."""
     from gunicorn.config import Config
 
-    from graceful_gunicorn._gunicorn import master_state
+    from graceful_gunicorn._gunicorn import master_state, process_state
     from graceful_gunicorn._gunicorn.workers.sync import GracefulSync
 
     state = master_state.create()
@@ -57,7 +57,7 @@ def test_a_worker_belongs_to_the_generation_it_was_made_in() -> None:
         signal.set_wakeup_fd(-1)
         worker.tmp.close()
         state._lock.close()
-        master_state._current = None
+        process_state.reset()
 
 
 class _NullLog:
@@ -130,7 +130,7 @@ class _QuickSignals:
         os.kill(os.getpid(), sig)  # its handler runs at the next bytecode
 
     def close(self) -> None:
-        from graceful_gunicorn._gunicorn import master_state
+        from graceful_gunicorn._gunicorn import process_state
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGABRT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
@@ -139,7 +139,7 @@ class _QuickSignals:
         for fd in (*self.worker.PIPE, self.graceful._wake_read, self.graceful._wake_write):
             os.close(fd)
         self.state._lock.close()
-        master_state._current = None
+        process_state.reset()
 
 
 @pytest.fixture

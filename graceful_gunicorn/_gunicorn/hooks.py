@@ -17,6 +17,7 @@ from .._core.settings import Settings, SettingsError
 from .._wsgi.discovery import find_lifecycle
 from . import compat, master_state, worker_reports
 from .master import MasterStop
+from .process_state import STATE
 from .server_settings import (
     check_lifecycle_fits,
     check_report_directory,
@@ -154,13 +155,9 @@ def _chain(
     return hook
 
 
-_warned_old_gunicorn = False
-
-
 def _warn_old_gunicorn(log: Any) -> None:
-    global _warned_old_gunicorn
-    if compat.KNOWN_REQUEST_SMUGGLING and not _warned_old_gunicorn:
-        _warned_old_gunicorn = True
+    if compat.KNOWN_REQUEST_SMUGGLING and not STATE.warned_old_gunicorn:
+        STATE.warned_old_gunicorn = True
         log.warning(
             "graceful_gunicorn: gunicorn %s has known HTTP request smuggling "
             "vulnerabilities (fixed in 22.0 and 23.0); upgrade to gunicorn 23 or newer",

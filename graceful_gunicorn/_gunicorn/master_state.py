@@ -17,6 +17,8 @@ import mmap
 import struct
 import tempfile
 
+from .process_state import STATE
+
 STOP_NONE = 0
 STOP_TERMINATE = 1
 STOP_QUICK = 2
@@ -168,17 +170,13 @@ class MasterState:
         self._write(kind, generation + 1, stop_at)
 
 
-_current: MasterState | None = None
-
-
 def current() -> MasterState | None:
     """The state of this process's master, if graceful_gunicorn.conf set it up."""
-    return _current
+    return STATE.master
 
 
 def create() -> MasterState:
     """Create the state in the master (once, before the first fork)."""
-    global _current
-    if _current is None:
-        _current = MasterState()
-    return _current
+    if STATE.master is None:
+        STATE.master = MasterState()
+    return STATE.master

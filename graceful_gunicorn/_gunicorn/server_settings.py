@@ -19,6 +19,7 @@ from .._core.lifecycle import Lifecycle
 from .._core.plan import GRACEFUL_REASONS, ShutdownPlan
 from .._core.settings import Settings, SettingsError
 from . import compat
+from .process_state import STATE
 from .summary import UnsafeReportPath, check_report_path
 
 #: gunicorn's stock worker classes and the graceful subclass that replaces each.
@@ -58,13 +59,9 @@ def load_settings(
     return settings, warnings
 
 
-_in_force: Settings | None = None
-
-
 def keep_in_force(settings: Settings) -> None:
     """Record the settings the master checked (workers inherit them at the fork)."""
-    global _in_force
-    _in_force = settings
+    STATE.settings_in_force = settings
 
 
 def settings_in_force(cfg: Config) -> Settings:
@@ -75,9 +72,9 @@ def settings_in_force(cfg: Config) -> Settings:
     try:
         settings, _ = load_settings(cfg)
     except SettingsError:
-        if _in_force is None:
+        if STATE.settings_in_force is None:
             raise
-        return _in_force
+        return STATE.settings_in_force
     return settings
 
 

@@ -52,9 +52,7 @@ from collections.abc import Iterable
 from contextlib import suppress
 from typing import Any
 
-_directory: str | None = None
-#: An open descriptor of the folder, locked (``flock``) while the master lives.
-_lock: int | None = None
+from .process_state import STATE
 
 _PREFIX = "graceful_gunicorn-"
 #: A folder of this version; ``.new`` while it is being made (see :func:`create`).
@@ -84,11 +82,10 @@ def create(uid: int | None = None, gid: int | None = None) -> str:
     will run as (gunicorn's ``cfg.uid``/``cfg.gid``); see
     :func:`share_with_workers`.
     """
-    global _directory, _lock
-    if _directory is None:
-        if _lock is not None:
+    if STATE.report_folder is None:
+        if STATE.report_folder_fd is not None:
             with suppress(OSError):
-                os.close(_lock)
+                os.close(STATE.report_folder_fd)
         remove_stale()
         new = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", suffix=".new")
         lock = os.open(new, _OPEN_FOLDER)
@@ -101,9 +98,9 @@ def create(uid: int | None = None, gid: int | None = None) -> str:
             with suppress(OSError):
                 os.rmdir(new)
             raise
-        _directory, _lock = directory, lock
+        STATE.report_folder, STATE.report_folder_fd = directory, lock
     share_with_workers(uid, gid)
-    return _directory
+    return STATE.report_folder
 
 
 def share_with_workers(uid: int | None, gid: int | None) -> None:
@@ -117,15 +114,16 @@ def share_with_workers(uid: int | None, gid: int | None) -> None:
     gunicorn's ``user``/``group``. Raises ``OSError`` when the master may not
     chown the folder.
     """
-    if _lock is None:
+    folder = STATE.report_folder_fd
+    if folder is None:
         return
     uid = os.geteuid() if uid is None else uid
     gid = os.getegid() if gid is None else gid
     if uid != os.geteuid():
-        os.fchown(_lock, uid, gid)
-    elif os.fstat(_lock).st_uid != os.geteuid():
-        os.fchown(_lock, os.geteuid(), os.getegid())  # a reload back to the master's user
-    os.fchmod(_lock, 0o700)
+        os.fchown(folder, uid, gid)
+    elif os.fstat(folder).st_uid != os.geteuid():
+        os.fchown(folder, os.geteuid(), os.getegid())  # a reload back to the master's user
+    os.fchmod(folder, 0o700)
 
 
 def write(report: dict[str, Any]) -> None:
@@ -134,18 +132,18 @@ def write(report: dict[str, Any]) -> None:
     Whatever sits at the report's name (a stale report, a FIFO, a symlink)
     is replaced by the rename, never written into or followed.
     """
-    if _directory is None or _lock is None:
+    if STATE.report_folder is None or STATE.report_folder_fd is None:
         return
     name = f"{os.getpid()}.json"
     new = f".{os.getpid()}-{secrets.token_hex(8)}.tmp"
-    fd = os.open(new, _CREATE, 0o600, dir_fd=_lock)
+    fd = os.open(new, _CREATE, 0o600, dir_fd=STATE.report_folder_fd)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             json.dump(report, file, allow_nan=False)
-        os.replace(new, name, src_dir_fd=_lock, dst_dir_fd=_lock)
+        os.replace(new, name, src_dir_fd=STATE.report_folder_fd, dst_dir_fd=STATE.report_folder_fd)
     except BaseException:
         with suppress(OSError):
-            os.unlink(new, dir_fd=_lock)
+            os.unlink(new, dir_fd=STATE.report_folder_fd)
         raise
 
 
@@ -162,11 +160,11 @@ def collect(pids: Iterable[int]) -> dict[int, dict[str, Any]]:
     never as floats, so the summary stays valid JSON.
     """
     reports: dict[int, dict[str, Any]] = {}
-    if _directory is None or _lock is None:
+    if STATE.report_folder is None or STATE.report_folder_fd is None:
         return reports
     for pid in pids:
         try:
-            fd = os.open(f"{int(pid)}.json", _READ, dir_fd=_lock)
+            fd = os.open(f"{int(pid)}.json", _READ, dir_fd=STATE.report_folder_fd)
         except OSError:
             continue
         with os.fdopen(fd, "rb") as file:
@@ -184,27 +182,26 @@ def collect(pids: Iterable[int]) -> dict[int, dict[str, Any]]:
 
 def discard(pids: Iterable[int]) -> None:
     """Remove the reports of ``pids`` (in the master, for workers it reaped outside its stop)."""
-    if _directory is None or _lock is None:
+    if STATE.report_folder is None or STATE.report_folder_fd is None:
         return
     for pid in pids:
         with suppress(OSError):
-            os.unlink(f"{int(pid)}.json", dir_fd=_lock)
+            os.unlink(f"{int(pid)}.json", dir_fd=STATE.report_folder_fd)
 
 
 def remove() -> None:
     """Remove the folder (in the master, when it exits)."""
-    global _directory, _lock
-    if _directory is not None and _lock is not None:
+    if STATE.report_folder is not None and STATE.report_folder_fd is not None:
         with suppress(OSError):
-            _empty(_lock, 0)
+            _empty(STATE.report_folder_fd, 0)
             # Only if its name still names it: the workers' user may have renamed it.
-            if _same(os.lstat(_directory), os.fstat(_lock)):
-                os.rmdir(_directory)
-    _directory = None
-    if _lock is not None:
+            if _same(os.lstat(STATE.report_folder), os.fstat(STATE.report_folder_fd)):
+                os.rmdir(STATE.report_folder)
+    STATE.report_folder = None
+    if STATE.report_folder_fd is not None:
         with suppress(OSError):
-            os.close(_lock)
-        _lock = None
+            os.close(STATE.report_folder_fd)
+        STATE.report_folder_fd = None
 
 
 def remove_stale(parent: str | None = None) -> list[str]:
@@ -244,7 +241,7 @@ def _remove_if_stale(parent: int, name: str) -> bool:
     before = os.stat(name, dir_fd=parent, follow_symlinks=False)
     if not stat.S_ISDIR(before.st_mode):
         return False
-    if _lock is not None and _same(before, os.fstat(_lock)):
+    if STATE.report_folder_fd is not None and _same(before, os.fstat(STATE.report_folder_fd)):
         return False  # this master's own
     if match.group(1) and time.time() - before.st_mtime < _NEW_AGE:
         return False  # another master is making it
