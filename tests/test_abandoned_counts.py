@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from .conftest import WORKER_CLASSES
+from .scenarios import APP, GRACEFUL, send_in_background, worker_args
 from .server import Gunicorn, wait_until
-from .test_shutdown_signals import APP, GRACEFUL, send_in_background, worker_args
 
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)

@@ -10,35 +10,23 @@ import os
 import re
 import signal
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from .conftest import WORKER_CLASSES
+from .scenarios import (
+    APP,
+    GRACEFUL,
+    assert_each_callback_ran_once,
+    one_worker,
+    send_in_background,
+    worker_args,
+)
 from .server import Gunicorn, http_get, print_figure, wait_until
-from .test_shutdown_signals import APP, GRACEFUL, send_in_background, worker_args
 
 GRACEFUL_TIMEOUT = 30
-
-
-def one_worker(
-    gunicorn: Callable[..., Gunicorn],
-    worker_class: str,
-    env: dict[str, str] | None = None,
-    graceful_timeout: float = GRACEFUL_TIMEOUT,
-) -> Gunicorn:
-    """Start (not wait for) a graceful master with one worker."""
-    args = [*GRACEFUL, *worker_args(worker_class, workers=1)]
-    return gunicorn([*args, "--graceful-timeout", str(graceful_timeout), APP], env)
-
-
-def assert_each_callback_ran_once(server: Gunicorn) -> None:
-    runs = Counter((e["pid"], e["phase"], e["name"]) for e in server.callbacks())
-    assert runs, "no callback ran"
-    twice = [key for key, n in runs.items() if n > 1]
-    assert twice == [], f"callbacks run more than once: {twice}"
 
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)

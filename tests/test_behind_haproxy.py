@@ -25,8 +25,8 @@ import pytest
 from .conftest import WORKER_CLASSES
 from .haproxy import HAProxy
 from .load import Load, LoadResult
+from .scenarios import GRACEFUL, worker_args
 from .server import Gunicorn, free_port, wait_until
-from .test_shutdown_signals import GRACEFUL, worker_args
 
 READY = "/-/ready"
 SHUTDOWN_DELAY = 2

@@ -14,8 +14,8 @@ import pytest
 
 from .conftest import WORKER_CLASSES
 from .load import Load
+from .scenarios import APP, GRACEFUL, worker_args
 from .server import Gunicorn, http_get, wait_until
-from .test_shutdown_signals import APP, GRACEFUL, worker_args
 
 READY = "/-/ready"
 

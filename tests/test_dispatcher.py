@@ -12,8 +12,8 @@ from graceful_gunicorn import Lifecycle
 from graceful_gunicorn._wsgi.discovery import find_lifecycle, find_lifecycles
 
 from .conftest import WORKER_CLASSES
+from .scenarios import GRACEFUL, worker_args
 from .server import Gunicorn, http_get, wait_until
-from .test_shutdown_signals import GRACEFUL, worker_args
 
 APP = "tests.apps.dispatcher_app:app"
 

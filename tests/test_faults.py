@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 
 from .conftest import WORKER_CLASSES
+from .scenarios import APP, GRACEFUL, worker_args
 from .server import Gunicorn, print_figure
-from .test_shutdown_signals import APP, GRACEFUL, worker_args
 
 GRACEFUL_TIMEOUT = 20
 

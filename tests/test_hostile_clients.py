@@ -7,53 +7,18 @@ Real gunicorn masters and workers, raw sockets on 127.0.0.1.
 from __future__ import annotations
 
 import signal
-import socket
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 
 import pytest
 
 from .conftest import WORKER_CLASSES
+from .scenarios import assert_each_callback_ran_once, connection, exchange, one_worker, status_of
 from .server import Gunicorn, http_get, print_figure, wait_until
-from .test_awkward_signals import assert_each_callback_ran_once, one_worker
 
 GRACEFUL_TIMEOUT = 10
 IO_TIMEOUT = 10.0
-
-
-@contextmanager
-def connection(port: int) -> Iterator[socket.socket]:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT)
-    try:
-        yield sock
-    finally:
-        sock.close()
-
-
-def exchange(port: int, data: bytes) -> bytes:
-    """Send ``data``, then read until the server closes or 64 KiB arrived."""
-    with connection(port) as sock:
-        sock.sendall(data)
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:  # the server answered and closed first (ENOTCONN): read its answer
-            pass
-        received = b""
-        while len(received) < 65536:
-            try:
-                chunk = sock.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            received += chunk
-        return received
-
-
-def status_of(response: bytes) -> int | None:
-    parts = response.split(b" ", 2)
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
 
 
 def start(gunicorn: Callable[..., Gunicorn], worker_class: str) -> Gunicorn:

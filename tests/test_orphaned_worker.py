@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from .conftest import WORKER_CLASSES
+from .scenarios import APP, GRACEFUL, worker_args
 from .server import Gunicorn, process_gone, wait_until
-from .test_shutdown_signals import APP, GRACEFUL, worker_args
 
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)

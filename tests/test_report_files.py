@@ -33,9 +33,8 @@ from graceful_gunicorn._gunicorn.process_state import STATE
 from graceful_gunicorn._gunicorn.server_settings import check_report_directory
 
 from .conftest import WORKER_CLASSES
+from .scenarios import APP, GRACEFUL, logged_report, worker_args
 from .server import BOOT_TIMEOUT, Gunicorn, process_gone, wait_until
-from .test_reports import logged_report
-from .test_shutdown_signals import APP, GRACEFUL, worker_args
 
 NOBODY = pwd.getpwnam("nobody")
 # Here the interpreter lives under /root (mode 0700): a worker that runs as

@@ -10,18 +10,11 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from .scenarios import APP, GRACEFUL, logged_report, worker_args
 from .server import BOOT_TIMEOUT, Gunicorn, http_get, wait_until
-from .test_shutdown_signals import APP, GRACEFUL, worker_args
-
-
-def logged_report(server: Gunicorn) -> dict[str, Any]:
-    (line,) = re.findall(r"graceful_gunicorn: shutdown report (\{.*\})", server.log())
-    report: dict[str, Any] = json.loads(line)
-    return report
 
 
 def test_report_names_each_callback_outcome(

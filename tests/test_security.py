@@ -20,10 +20,15 @@ import graceful_gunicorn
 from graceful_gunicorn._gunicorn import worker_reports
 from graceful_gunicorn._gunicorn.process_state import STATE
 
+from .scenarios import (
+    APP,
+    GRACEFUL,
+    assert_each_callback_ran_once,
+    exchange,
+    status_of,
+    worker_args,
+)
 from .server import Gunicorn, http_get
-from .test_awkward_signals import assert_each_callback_ran_once
-from .test_hostile_clients import exchange, status_of
-from .test_shutdown_signals import APP, GRACEFUL, worker_args
 
 READY = "/-/ready"
 PACKAGE = Path(graceful_gunicorn.__file__).parent

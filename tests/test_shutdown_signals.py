@@ -18,37 +18,14 @@ import pytest
 from gunicorn import version_info as gunicorn_version_info
 
 from .conftest import WORKER_CLASSES
+from .scenarios import APP, GRACEFUL, send_in_background, worker_args
 from .server import Gunicorn, Response, http_get, wait_until
-
-APP = "tests.apps.events_app:app"
-GRACEFUL = ["-c", "python:graceful_gunicorn.conf"]
-
-
-def worker_args(worker_class: str, workers: int = 2) -> list[str]:
-    args = ["-k", worker_class, "-w", str(workers)]
-    if worker_class == "gthread":
-        args += ["--threads", "4"]
-    return args
 
 
 def in_flight_per_class(worker_class: str) -> int:
     # Two sync workers serve one request each. One gthread worker may accept
     # every connection, so no more than its 4 threads; gevent takes any number.
     return {"sync": 2, "gthread": 4, "gevent": 6}[worker_class]
-
-
-def send_in_background(
-    server: Gunicorn, paths: list[str]
-) -> tuple[list[Response], list[threading.Thread]]:
-    results: list[Response] = [Response(None, error="not done")] * len(paths)
-
-    def send(i: int, path: str) -> None:
-        results[i] = http_get(server.port, path)
-
-    threads = [threading.Thread(target=send, args=(i, p), daemon=True) for i, p in enumerate(paths)]
-    for thread in threads:
-        thread.start()
-    return results, threads
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["", "preload"])

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import pytest
 
 from .conftest import WORKER_CLASSES
+from .scenarios import APP, GRACEFUL, send_in_background, worker_args
 from .server import Gunicorn, http_get, wait_until
-from .test_shutdown_signals import APP, GRACEFUL, send_in_background, worker_args
 
 
 def assert_abort_handled(server: Gunicorn, worker: int, key: str) -> None:
