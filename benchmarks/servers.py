@@ -18,14 +18,13 @@ from __future__ import annotations
 import http.client
 import os
 import select
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
+
+from graceful_gunicorn.testing import GunicornServer, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 BOOT_TIMEOUT = 30.0
@@ -73,15 +72,13 @@ def wait_exit(pid: int, timeout: float) -> float | None:
         os.close(fd)
 
 
-def _is_gunicorn(pid: int) -> bool:
-    try:
-        return b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+class Server(GunicornServer):
+    """One gunicorn master with one worker, serving a variant of the benchmark app.
 
-
-class Server:
-    """One gunicorn master with one worker, serving a variant of the benchmark app."""
+    The shipped :class:`GunicornServer`, with the benchmarks' arguments; it
+    logs at ``warning`` (no boot lines), so readiness is a ``/pid`` answer and
+    the workers are the master's children.
+    """
 
     def __init__(
         self,
@@ -97,101 +94,57 @@ class Server:
         self.workdir = workdir
         self.worker_class = worker_class
         self.graceful = graceful
-        self.port = free_port()
+        port = free_port()
         variant = app or ("graceful" if graceful else "plain")
-        self.log_path = workdir / f"gunicorn-{variant}-{worker_class}-{self.port}.log"
-        self.args = [
-            "-b",
-            f"127.0.0.1:{self.port}",
-            "-w",
-            "1",
-            *WORKER_ARGS[worker_class],
-            "--graceful-timeout",
-            "10",
-            "--log-level",
-            "warning",
-            *(["-c", "python:graceful_gunicorn.conf"] if graceful else []),
-            *(extra_args or []),
-            f"benchmarks.apps.flask_app:{variant}",
-        ]
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            "BENCH_DIR": str(workdir),
-            **(env or {}),
-        }
-        #: A command the master runs under (``valgrind ...``); its workers are forks.
-        self.wrapper = list(wrapper)
-        self.process: subprocess.Popen[bytes] | None = None
-        self._pids: set[int] = set()
+        super().__init__(
+            [
+                "-w",
+                "1",
+                *WORKER_ARGS[worker_class],
+                "--graceful-timeout",
+                "10",
+                "--log-level",
+                "warning",
+                *(["-c", "python:graceful_gunicorn.conf"] if graceful else []),
+                *(extra_args or []),
+                f"benchmarks.apps.flask_app:{variant}",
+            ],
+            env={
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
+                ),
+                "BENCH_DIR": str(workdir),
+                **(env or {}),
+            },
+            port=port,
+            # In the working directory, so that no stray gunicorn.conf.py is read.
+            cwd=workdir,
+            log_path=workdir / f"gunicorn-{variant}-{worker_class}-{port}.log",
+            wrapper=wrapper,
+        )
 
-    def __enter__(self) -> Server:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.kill()
-
-    @property
-    def pid(self) -> int:
-        """The master's pid."""
-        if self.process is None:
-            raise RuntimeError("the server is not started")
-        return self.process.pid
-
-    def start(self) -> None:
-        """Start the master (in the working directory, so no stray gunicorn.conf.py is read)."""
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [*self.wrapper, sys.executable, "-m", "gunicorn", *self.args],
-                cwd=self.workdir,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._pids.add(self.process.pid)
-
-    def log(self) -> str:
-        """What gunicorn logged so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_ready(self, timeout: float = BOOT_TIMEOUT) -> None:
+    def wait_ready(  # type: ignore[override]
+        self, timeout: float = BOOT_TIMEOUT
+    ) -> Server:
         """Poll until the worker answers (its signal handlers are in place by then)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early:\n{self.log()}")
+
+        def answers() -> bool:
+            self._fail_if_exited("while booting")
             try:
-                status, _ = http_get(self.port, "/pid", timeout=2.0)
-                if status == 200:
-                    self.worker_pids()
-                    return
+                return http_get(self.port, "/pid", timeout=2.0)[0] == 200
             except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not answer within {timeout}s:\n{self.log()}")
-            time.sleep(0.05)
+                return False
+
+        wait_until(answers, timeout, f"gunicorn to answer\n{self.log()}")
+        return self
 
     def worker_pids(self) -> list[int]:
         """The master's children right now (its workers)."""
         path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
         try:
-            pids = [int(p) for p in path.read_text().split()]
+            return [int(p) for p in path.read_text().split()]
         except OSError:
             return []
-        self._pids.update(pids)
-        return pids
-
-    def signal(self, sig: signal.Signals) -> None:
-        """Send ``sig`` to the master only."""
-        os.kill(self.pid, sig)
 
     def reap(self, timeout: float) -> int | None:
         """Wait for the master to exit; its exit code, or ``None`` after ``timeout``."""
@@ -203,18 +156,5 @@ class Server:
             return None
 
     def kill(self) -> None:
-        """SIGKILL the master and every worker it had, by PID; reap the master."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.worker_pids()
-        for pid in sorted(self._pids):
-            if pid == self.process.pid and self.process.poll() is not None:
-                continue  # reaped: the pid may belong to someone else by now
-            if pid != self.process.pid and not _is_gunicorn(pid):
-                continue  # exited, and perhaps reused
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.process.wait(10)
+        """SIGKILL the master and every worker it had (its process group); reap the master."""
+        self.stop()

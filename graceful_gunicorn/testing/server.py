@@ -65,8 +65,11 @@ class GunicornServer:
         port: int = 0,
         cwd: str | os.PathLike[str] | None = None,
         log_path: str | os.PathLike[str] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.args = list(args)
+        #: A command the master runs under (``valgrind ...``); its workers are forks.
+        self.wrapper = list(wrapper)
         self.cwd = Path(cwd) if cwd is not None else Path.cwd()
         #: Extra environment variables, on top of this process's environment.
         self.env = {**os.environ, **(env or {})}
@@ -84,6 +87,7 @@ class GunicornServer:
     def start(self) -> GunicornServer:
         """Start the master in a session of its own; returns at once."""
         command = [
+            *self.wrapper,
             sys.executable,
             "-m",
             "gunicorn",
