@@ -6,11 +6,12 @@ This module imports neither a web framework nor a server.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from .callbacks import Log, Registration, run_callback
 from .context import QUICK_REASONS, Phase, Reason, ShutdownContext
@@ -26,20 +27,21 @@ if TYPE_CHECKING:
 DRAIN_POLL_INTERVAL = 0.005
 
 
+def _no_listener(drain_seconds: float) -> None:
+    pass
+
+
+def _nothing_to_release() -> None:
+    pass
+
+
 class ShutdownSequence:
-    """One shutdown of one process, run step by step by the server.
+    """One shutdown of one process.
 
-    The server calls the steps in order, doing its own work in between
-    (stopping its listeners, waiting for its loop)::
-
-        sequence.run_phase("before_shutdown", until=sequence.drain_deadline)
-        ...stop accepting...
-        sequence.drain(until=sequence.drain_deadline)
-        sequence.run_phase("on_shutdown", until=sequence.deadline)
-        sequence.run_phase("after_shutdown", until=sequence.deadline)
-        report = sequence.finish()
-
-    Each step logs one line; callbacks never raise out of it.
+    :meth:`run` is the one place the order of the steps is written; a server
+    gives it only what differs (how it stops serving, when its own loop is
+    done), and :meth:`ends_at` is the one place that decides when each step
+    ends. Each step logs one line; callbacks never raise out of it.
     """
 
     def __init__(
@@ -103,15 +105,54 @@ class ShutdownSequence:
         """Seconds left until :attr:`deadline` (never negative)."""
         return max(0.0, self.deadline - time.monotonic())
 
+    def ends_at(
+        self, step: Phase | Literal["drain"], registration: Registration | None = None
+    ) -> float:
+        """When ``step`` (or ``registration``'s callback in it) must be over.
+
+        ``before_shutdown`` and the drain end by :attr:`drain_deadline`: the
+        callbacks of phases 2 and 3 keep the rest. A callback of those phases
+        ends in time for what the callbacks after it keep (``plan.keep_after``).
+        Asked on every look, not once: :meth:`escalate` brings the deadlines
+        forward and replans.
+        """
+        if step in ("before_shutdown", "drain"):
+            return min(self.deadline, self.drain_deadline)
+        if registration is None:
+            return self.deadline
+        return self.deadline - self.plan.keep_after(registration)
+
+    def run(
+        self,
+        *,
+        stop_serving: Callable[[float], None] = _no_listener,
+        ready: Callable[[], bool] | None = None,
+        drain_over: Callable[[], None] = _nothing_to_release,
+    ) -> ShutdownReport:
+        """Every step, in order, in this thread:
+
+        1. ``before_shutdown``, while the server still serves;
+        2. ``stop_serving(seconds)``: the server stops accepting, and may take
+           that long for its own drain (0 on a quick stop);
+        3. the drain, until no request is in flight and ``ready()`` (the
+           server's loop is done); then ``drain_over()``, whether it completed
+           or was cut short (not on a quick stop);
+        4. ``on_shutdown``, then ``after_shutdown``; then the report.
+        """
+        self.run_phase("before_shutdown")
+        drain_seconds = 0.0 if self.quick else self.ends_at("drain") - time.monotonic()
+        stop_serving(max(0.0, drain_seconds))
+        if not self.quick:
+            self.drain(ready=ready)
+            drain_over()
+        self.run_phase("on_shutdown")
+        self.run_phase("after_shutdown")
+        return self.finish()
+
     def run_phase(self, phase: Phase, until: float | None = None) -> list[CallbackResult]:
-        """Run the callbacks of ``phase`` newest first, none past ``until``."""
-        given = self.deadline if until is None else until
-
-        def phase_end() -> float:
-            # Read on every turn: escalate() may bring either deadline forward.
-            end = min(given, self.deadline)
-            return min(end, self.drain_deadline) if phase == "before_shutdown" else end
-
+        """Run the callbacks of ``phase`` newest first, none past ``until`` (nor
+        past what :meth:`ends_at` says)."""
+        given = math.inf if until is None else until
         started = time.monotonic()
         registered = self.lifecycle.callbacks(phase)
         skip_phase = phase == "before_shutdown" and self.quick
@@ -122,7 +163,7 @@ class ShutdownSequence:
                 results.append(CallbackResult(registration.name, phase, "skipped", 0.0))
                 continue
             now = time.monotonic()
-            callback_end = self._callback_end(phase, registration, phase_end)
+            callback_end = self._callback_end(phase, registration, given)
             until = callback_end()
             if now >= until:
                 self.log.error(
@@ -156,17 +197,12 @@ class ShutdownSequence:
         return results
 
     def _callback_end(
-        self, phase: Phase, registration: Registration, phase_end: Callable[[], float]
+        self, phase: Phase, registration: Registration, given: float
     ) -> Callable[[], float]:
-        """When ``registration`` must end: in time for what the callbacks after it keep.
-
-        Read on every look: an escalation to a quick stop replans on the spot.
-        """
-        if phase == "before_shutdown":
-            return phase_end
+        """When ``registration`` must end, as :meth:`ends_at` says on each look."""
 
         def end() -> float:
-            return min(phase_end(), self.deadline - self.plan.keep_after(registration))
+            return min(given, self.ends_at(phase, registration))
 
         return end
 
@@ -198,17 +234,18 @@ class ShutdownSequence:
         Returns whether the drain completed; on a deadline each request still
         in flight is logged.
         """
-        until = self.drain_deadline if until is None else min(until, self.deadline)
+        given = math.inf if until is None else until
         started = time.monotonic()
         last_beat = started
         while self.lifecycle.in_flight or (ready is not None and not ready()):
             now = time.monotonic()
-            if now >= min(until, self.drain_deadline):
+            end = min(given, self.ends_at("drain"))
+            if now >= end:
                 break
             if now - last_beat >= 0.5:
                 self.heartbeat()
                 last_beat = now
-            time.sleep(min(DRAIN_POLL_INTERVAL, until - now))
+            time.sleep(min(DRAIN_POLL_INTERVAL, end - now))
         duration = time.monotonic() - started
         left = self._count_requests().left
         served = self.report.requests_drained
@@ -254,7 +291,7 @@ class ShutdownSequence:
         return ends
 
     def run_all(self) -> ShutdownReport:
-        """Every step in order, in this thread; the sequence for in-process servers.
+        """:meth:`run` for in-process servers, with nothing to stop serving.
 
         Runs once: a second call (even from another thread) waits for the
         first and returns the same report.
@@ -262,18 +299,8 @@ class ShutdownSequence:
         with self._run_lock:
             if not self._ran:
                 self._ran = True
-                self._run_steps()
+                self.run()
         return self.report
-
-    def _run_steps(self) -> None:
-        if not self.quick:
-            self.run_phase("before_shutdown", until=self.drain_deadline)
-            self.drain()
-        else:
-            self.run_phase("before_shutdown")
-        self.run_phase("on_shutdown")
-        self.run_phase("after_shutdown")
-        self.finish()
 
     def finish(self) -> ShutdownReport:
         """Close the report and log its one-line summary."""

@@ -460,20 +460,13 @@ class WorkerShutdown:
             )
             if reason == "abort":
                 self._log_requests_with_stacks()
-            # 1. before_shutdown, while the worker still serves
-            sequence.run_phase("before_shutdown", until=sequence.drain_deadline)
-            # 2. stop serving; gunicorn drains its connections within our drain budget
-            drain_seconds = 0.0 if sequence.quick else sequence.drain_deadline - time.monotonic()
-            self.worker.stop_serving(max(0.0, drain_seconds))
-            # 3. drain (not on a quick stop)
-            if not sequence.quick:
-                sequence.drain(ready=self._drained)
+            report = sequence.run(
+                # gunicorn's own stop; it drains its connections within our drain budget
+                stop_serving=self.worker.stop_serving,
+                ready=self._drained,
                 # Cut short (its deadline, a Ctrl+C) or not: no connection waits now.
-                self.worker.release_idle_connections(drain_over=True)
-            # 4. release resources, then the last word
-            sequence.run_phase("on_shutdown")
-            sequence.run_phase("after_shutdown")
-            report = sequence.finish()
+                drain_over=self._release_idle_connections,
+            )
             state = master_state.current()
             # The master's summary reads it. Ctrl+C signals the whole group, so
             # a quick stop may be over before the master has recorded its own.
@@ -485,6 +478,9 @@ class WorkerShutdown:
         finally:
             self.done.set()
         self._make_sure_we_exit(sequence)
+
+    def _release_idle_connections(self) -> None:
+        self.worker.release_idle_connections(drain_over=True)
 
     def _drained(self) -> bool:
         """Whether gunicorn's loop is over; asked while no request is in flight."""
