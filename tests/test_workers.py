@@ -233,13 +233,13 @@ def test_a_second_ctrl_backslash_after_a_merged_relay_is_a_second_stop(
     """Ctrl+\\ while the worker is descheduled: the master's SIGQUIT merges with the
     group's. A second Ctrl+\\ (a keystroke later) exits; one within RELAY_WINDOW of
     the worker's handler may be pkill's second half and is one stop."""
-    from graceful_gunicorn._gunicorn.workers import shutdown as coordinator
+    from graceful_gunicorn._gunicorn.workers import quick_signals
 
     quick.master_gets(signal.SIGQUIT)
     quick.master_relays(send=False)  # merged with the group's, still pending
     quick.send(signal.SIGQUIT)
     assert quick.exits == []
-    monkeypatch.setattr(coordinator, "RELAY_WINDOW", 0.0)  # a keystroke later
+    monkeypatch.setattr(quick_signals, "RELAY_WINDOW", 0.0)  # a keystroke later
     quick.send(signal.SIGQUIT)
     assert quick.exits == [0]
 

@@ -31,6 +31,7 @@ from ..._wsgi.discovery import find_lifecycle
 from ..._wsgi.lifecycle import Lifecycle as WSGILifecycle
 from .. import compat, master_state
 from ..server_settings import check_lifecycle_fits, settings_in_force
+from .quick_signals import QuickSignal
 from .shutdown import WorkerShutdown
 
 #: How long a stopping worker keeps a kept-alive connection open for a next
@@ -173,18 +174,17 @@ class GracefulWorkerMixin(_Base):
             # running one (Modules/signalmodule.c), so the group's SIGQUIT and the
             # master's, microseconds apart, land here. One stop; the outer run
             # goes on with it.
-            graceful.merge_second_half()
+            graceful.quick_signals.merge()
             return
-        if graceful.done.is_set() and not graceful.loop_finished.is_set():
+        if graceful.ending_stuck_main_thread():
             # Sent by interrupt_main(): leave the request the main thread is stuck in.
             raise SystemExit(0)
-        if graceful.quick_signals:
-            if graceful.second_half_of_one_stop(sig, now):
-                graceful.quick_signals.add(sig)
-                return
+        meaning = graceful.quick_signals.receive(sig, now)
+        if meaning is QuickSignal.SAME_STOP:
+            return
+        if meaning is QuickSignal.SECOND_STOP:
             os.write(2, b"graceful_gunicorn: second quick stop signal, exiting now\n")
             os._exit(0)
-        graceful.note_first_quick_signal(sig, now)
         graceful.request("quick", signal.Signals(sig).name)
 
     def handle_abort(self, sig: int, frame: FrameType | None) -> None:
@@ -193,7 +193,7 @@ class GracefulWorkerMixin(_Base):
         if graceful is None or not graceful.in_worker:
             super().handle_abort(sig, frame)
             return
-        if graceful.done.is_set() and not graceful.loop_finished.is_set():
+        if graceful.ending_stuck_main_thread():
             raise SystemExit(1)
         graceful.request("abort", "SIGABRT")
 

@@ -36,6 +36,7 @@ from ..._core.plan import ShutdownPlan, safety_margin
 from ..._core.sequence import ShutdownSequence
 from ..._core.settings import Settings
 from .. import compat, master_state, worker_reports
+from .quick_signals import QuickSignals
 
 if TYPE_CHECKING:
     from gunicorn.glogging import Logger
@@ -115,13 +116,6 @@ def _master_quick_cap() -> float | None:
 REASON_SETTLE = 2.0
 
 
-#: How soon after a worker's first quick handler a SIGQUIT may still be the other
-#: half of the same action when the master's relay was out before that handler
-#: ran: ``pkill -QUIT`` signals the master first and the worker a moment later.
-#: A second Ctrl+\ is a separate keystroke.
-RELAY_WINDOW = 0.25
-
-
 class WorkerShutdown:
     """Coordinates the shutdown of one worker process."""
 
@@ -142,14 +136,8 @@ class WorkerShutdown:
         self.settings = Settings()
         self.requested: Reason | None = None
         self.requested_at = 0.0
-        #: The SIGINT/SIGQUIT signals this worker got; only one it already had is a second stop.
-        self.quick_signals: set[int] = set()
-        #: Whether a second quick signal was taken for the other half of the first's action.
-        self._second_half_taken = False
-        #: When this worker's first quick-stop handler ran (monotonic).
-        self.quick_at = 0.0
-        #: How many SIGQUITs the master had begun to send its workers by then.
-        self._relays_at_first = 0
+        #: The SIGINT/SIGQUIT signals this worker got, and what each one means.
+        self.quick_signals = QuickSignals()
         self.sequence: ShutdownSequence | None = None
         #: Set once the callbacks are over.
         self.done = threading.Event()
@@ -217,59 +205,10 @@ class WorkerShutdown:
                 self.signal_name = signal_name
         self._wake()
 
-    def note_first_quick_signal(self, sig: int, now: float) -> None:
-        """This worker's first SIGINT or SIGQUIT, whose handler began at ``now``."""
-        state = master_state.current()
-        self.quick_signals.add(sig)
-        self.quick_at = now
-        self._relays_at_first = state.quick_relays if state is not None else 0
-
-    def second_half_of_one_stop(self, sig: int, now: float) -> bool:
-        """Whether quick signal ``sig``, handled at ``now`` after this worker's first,
-        comes from the same user action (once per stop).
-
-        A stopping master sends its workers SIGQUIT once per SIGINT or SIGQUIT it
-        gets (gunicorn 25+: once per stop), never SIGINT. Ctrl+C and Ctrl+\\
-        (the whole process group, as ``kill -QUIT -PGID`` and inits that forward
-        to the group do) and ``pkill`` (each process in turn) thus reach a worker
-        twice: its own signal and the master's SIGQUIT, in either order, however
-        late a busy master runs. The master counts the SIGQUITs it begins to send
-        and notes the first quick signal it got; where that cannot tell, in
-        doubt it is one stop: a user can press again.
-        """
-        state = master_state.current()
-        if self._second_half_taken or state is None or state.stop_kind == master_state.STOP_NONE:
-            return False
-        first = signal.SIGQUIT if signal.SIGQUIT in self.quick_signals else signal.SIGINT
-        relays = state.quick_relays
-        if sig == signal.SIGINT:
-            # Only the worker's own SIGINT of a Ctrl+C that the master's SIGQUIT beat.
-            taken = (
-                first == signal.SIGQUIT
-                and state.first_quick_signal == signal.SIGINT
-                and relays == self._relays_at_first >= 1
-            )
-        elif first == signal.SIGINT:
-            taken = True  # the master's SIGQUIT after Ctrl+C's SIGINT
-        elif self._relays_at_first == 0:
-            taken = relays >= 1  # the master began its SIGQUIT after our first handler
-        elif relays > self._relays_at_first:
-            taken = False  # a SIGQUIT for the master's second quick signal
-        else:
-            # One relay, begun before our first handler: that handler ran for it
-            # (this is then our own, from the group or pkill), for our own signal
-            # with the relay merged into it (signals do not queue: this is a
-            # second stop), or for our own with the relay on its way. The master
-            # notes when its relay is out; soon after our first, it is one stop.
-            merged = 0 < state.quick_relayed_at < self.quick_at
-            taken = not merged or now - self.quick_at < RELAY_WINDOW
-        if taken:
-            self._second_half_taken = True
-        return taken
-
-    def merge_second_half(self) -> None:
-        """A quick signal came while the handler of the first one ran: one stop."""
-        self._second_half_taken = True
+    def ending_stuck_main_thread(self) -> bool:
+        """Whether the shutdown is over while the main thread is still in gunicorn's
+        loop: a signal then is ``interrupt_main``'s, to make it leave a request."""
+        return self.done.is_set() and not self.loop_finished.is_set()
 
     def _wake(self) -> None:
         try:
