@@ -71,7 +71,8 @@ class Lifecycle(ShutdownDecorators):
         #: The readiness path and whether the server is going away (the
         #: graceful worker points it at the master's state).
         self.readiness = Readiness()
-        self._invoke = invoke or _call_directly
+        #: How each callback is called: in the app's context for the Flask extension.
+        self.invoke: Invoker = invoke or _call_directly
         #: How an ``async def`` callback's coroutine runs. The gevent worker runs it
         #: in a native thread, so that no greenlet serving a request sees its loop.
         self.run_async: AsyncRunner = asyncio.run
@@ -158,7 +159,7 @@ class Lifecycle(ShutdownDecorators):
         default (unless the server's ``shutdown_callback_timeout`` is set).
         """
         first = lifecycles[0]
-        combined = cls(callback_timeout=first.callback_timeout, invoke=first._invoke)
+        combined = cls(callback_timeout=first.callback_timeout, invoke=first.invoke)
         combined.members = tuple(lifecycles)
         combined.requests = _AllInFlight([member.requests for member in lifecycles])
         combined.readiness = first.readiness
@@ -182,7 +183,7 @@ class Lifecycle(ShutdownDecorators):
                 if kept is None or kept[0] is not registration:
                     as_member = dataclasses.replace(
                         registration,
-                        invoke=member._invoke,
+                        invoke=member.invoke,
                         default_timeout=member.callback_timeout,
                     )
                     kept = self._as_member[key] = (registration, as_member)

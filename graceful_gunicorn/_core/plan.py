@@ -38,6 +38,20 @@ def safety_margin(graceful_timeout: float) -> float:
     return min(1.0, 0.1 * graceful_timeout)
 
 
+def available_budget(graceful_timeout: float, margin: float | None = None) -> float:
+    """What a stop may spend: ``graceful_timeout`` less the safety margin (by
+    default :func:`safety_margin`), never negative."""
+    margin = safety_margin(graceful_timeout) if margin is None else margin
+    return max(0.0, graceful_timeout - margin)
+
+
+def quick_budget(
+    quick_timeout: float, graceful_timeout: float, margin: float | None = None
+) -> float:
+    """What a quick stop's callbacks share: ``quick_timeout``, within what is available."""
+    return min(quick_timeout, available_budget(graceful_timeout, margin))
+
+
 @dataclass(frozen=True)
 class PlannedCallback:
     """One on_shutdown or after_shutdown callback, as the plan sees it."""
@@ -157,7 +171,7 @@ def plan_shutdown(
     proportion, and says so in :meth:`ShutdownPlan.problem`.
     """
     margin = safety_margin(graceful_timeout) if margin is None else margin
-    available = max(0.0, graceful_timeout - margin)
+    available = available_budget(graceful_timeout, margin)
 
     def own(registration: Registration) -> float:
         if timeout_of is not None:
@@ -167,7 +181,7 @@ def plan_shutdown(
     if reason in QUICK_REASONS:
         # No drain to protect: the budget is shared by the callbacks, each up to its
         # timeout, so that a hanging on_shutdown leaves after_shutdown its turn.
-        budget = min(quick_timeout, available)
+        budget = quick_budget(quick_timeout, graceful_timeout, margin)
         each = budget / len(callbacks) if callbacks else 0.0
         quick = tuple(PlannedCallback(r, own(r), min(own(r), each)) for r in callbacks)
         return ShutdownPlan(reason, graceful_timeout, margin, budget, quick)
@@ -186,4 +200,12 @@ def plan_shutdown(
     return ShutdownPlan(reason, graceful_timeout, margin, available, planned)
 
 
-__all__ = ["GRACEFUL_REASONS", "PlannedCallback", "ShutdownPlan", "plan_shutdown", "safety_margin"]
+__all__ = [
+    "GRACEFUL_REASONS",
+    "PlannedCallback",
+    "ShutdownPlan",
+    "available_budget",
+    "plan_shutdown",
+    "quick_budget",
+    "safety_margin",
+]

@@ -183,7 +183,7 @@ class ShutdownSequence:
                 run_callback(
                     registration,
                     ctx,
-                    self.lifecycle._invoke,
+                    self.lifecycle.invoke,
                     self.log,
                     self.heartbeat,
                     cut_at=callback_end,

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .plan import safety_margin
+from .plan import available_budget
 from .seconds import parse_seconds
 
 ENV_PREFIX = "GRACEFUL_"
@@ -88,7 +88,7 @@ class Settings:
         ``shutdown_callback_timeout`` always fits; an unset
         ``quick_shutdown_timeout`` shrinks to what ``graceful_timeout`` leaves.
         """
-        available = graceful_timeout - safety_margin(graceful_timeout)
+        available = available_budget(graceful_timeout)
         if "quick_shutdown_timeout" in self.given and self.quick_shutdown_timeout > available:
             raise SettingsError(
                 f"quick_shutdown_timeout={self.quick_shutdown_timeout:g} does not fit in "

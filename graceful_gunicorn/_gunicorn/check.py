@@ -24,7 +24,7 @@ from gunicorn.app.wsgiapp import WSGIApplication
 
 from .._core.context import Reason
 from .._core.lifecycle import Lifecycle
-from .._core.plan import ShutdownPlan, safety_margin
+from .._core.plan import ShutdownPlan, available_budget, quick_budget, safety_margin
 from .._core.settings import Settings, SettingsError
 from .._wsgi.discovery import find_lifecycle
 from .server_settings import (
@@ -58,7 +58,7 @@ class Timeline:
     @property
     def workers_done(self) -> float:
         """Every worker has run its callbacks."""
-        return self.stop_begins + self.graceful_timeout - self.margin
+        return self.stop_begins + available_budget(self.graceful_timeout)
 
     @property
     def drain_until(self) -> float:
@@ -105,7 +105,7 @@ class Timeline:
             spare = self.grace_period - self.master_deadline
             verdict = f"{spare:g}s to spare" if spare >= 0 else "TOO SHORT"
             lines.append(f"{self.grace_period:7.1f}s  platform grace period: {verdict}")
-        quick = min(s.quick_shutdown_timeout, self.graceful_timeout - self.margin)
+        quick = quick_budget(s.quick_shutdown_timeout, self.graceful_timeout)
         lines.append(
             f"quick stop (SIGINT/SIGQUIT) and worker timeout: on_shutdown and after_shutdown "
             f"within {quick:g}s (quick_shutdown_timeout={s.quick_shutdown_timeout:g})"
