@@ -94,6 +94,8 @@ def test_close_after_response_leaves_a_start_response_that_is_not_gunicorns() ->
 
 
 def test_setting_and_set_graceful_timeout() -> None:
+    # The drains read it from the config when they start, not a copy made earlier.
+    assert "self.cfg.graceful_timeout" in _source(gthread.ThreadWorker.run)
     cfg = Config()
     assert compat.setting(cfg, "graceful_timeout") == cfg.graceful_timeout == 30
     compat.set_graceful_timeout(cfg, 1.5)
@@ -159,6 +161,8 @@ def test_guard_method_queue_never_writes_once_closed() -> None:
     compat.replace_method_queue_defer(queue, defer)
     assert queue.defer is defer
     assert "self.method_queue.defer(" in inspect.getsource(gthread)
+    # The guard learns of the end through close(): the loop must close it so.
+    assert "self.method_queue.close()" in _source(gthread.ThreadWorker.run)
 
 
 def test_replace_gevent_of_ggevent_is_what_its_loop_sleeps_through() -> None:
@@ -166,6 +170,8 @@ def test_replace_gevent_of_ggevent_is_what_its_loop_sleeps_through() -> None:
     from gunicorn.workers import ggevent
 
     assert "gevent.sleep(" in _source(ggevent.GeventWorker.run)
+    # Its drain reads graceful_timeout from the config (set_graceful_timeout).
+    assert "self.cfg.graceful_timeout" in _source(ggevent.GeventWorker.run)
     original = ggevent.gevent  # type: ignore[attr-defined]
     replacement = SimpleNamespace()
     try:

@@ -3,7 +3,8 @@
 A callback's ``timeout=``, ``Lifecycle(callback_timeout=...)``, the arguments
 of ``Lifecycle.shutdown`` and every seconds setting (``shutdown_delay``,
 ``GRACEFUL_SHUTDOWN_CALLBACK_TIMEOUT``, ...) go through :func:`parse_seconds`:
-finite, between 0 and :data:`MAX_SECONDS`.
+finite and not negative; a setting, read from text, also at most
+:data:`MAX_SECONDS`.
 """
 
 from __future__ import annotations
@@ -18,18 +19,21 @@ def parse_seconds(raw: object, what: str, *, text: bool = False) -> float:
     """``raw`` as seconds; ``what`` names it in the error.
 
     Code passes an ``int`` or a ``float`` (anything else, a ``bool`` or a
-    ``"5"`` too, is a ``TypeError``); with ``text``, a setting may also be
-    text or any number ``float()`` reads (then every bad value is a
-    ``ValueError``). Out of range, ``NaN`` and infinities are a ``ValueError``.
+    ``"5"`` too, is a ``TypeError``), finite and not negative. With ``text``,
+    a setting may also be text or any number ``float()`` reads, up to
+    :data:`MAX_SECONDS` (then every bad value is a ``ValueError``). Out of
+    range, ``NaN`` and infinities are a ``ValueError``.
     """
-    expected = f"{what} must be a number of seconds between 0 and {MAX_SECONDS:g}, got {raw!r}"
+    maximum = MAX_SECONDS if text else math.inf
+    bound = f"between 0 and {MAX_SECONDS:g}" if text else ">= 0"
+    expected = f"{what} must be a number of seconds {bound}, got {raw!r}"
     if isinstance(raw, bool) or not (text or isinstance(raw, (int, float))):
         raise (ValueError if text else TypeError)(expected)
     try:
         value = float(raw.strip() if isinstance(raw, str) else raw)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
         raise ValueError(expected) from None
-    if math.isnan(value) or not 0 <= value <= MAX_SECONDS:
+    if math.isnan(value) or math.isinf(value) or not 0 <= value <= maximum:
         raise ValueError(expected)
     return value
 

@@ -4,7 +4,10 @@ Each name below says what it relies on, in which gunicorn versions and where
 in gunicorn's source; ``tests/test_compat.py`` checks each against the
 gunicorn installed, in every environment of the tox matrix, so that a gunicorn
 release that breaks an assumption fails a test named after it, not a timing
-scenario. The rest of the package reaches gunicorn's internals through here.
+scenario. What is not here is what the graceful workers override or read as
+subclasses of gunicorn's (``handle``, ``finish_request``, ``alive``, the
+gthread poller and its kept-alive deque, ``Arbiter.WORKERS``): the
+real-process tests exercise those on every gunicorn of the matrix.
 """
 
 from __future__ import annotations
@@ -82,9 +85,10 @@ def setting(cfg: Any, name: str) -> Any:
 def set_graceful_timeout(cfg: Any, seconds: float) -> None:
     """Set ``cfg.graceful_timeout`` in this process, past validation.
 
-    A worker reads it when its own drain starts (workers/sync.py,
-    workers/gthread.py ``run``, workers/ggevent.py ``run``); the worker's copy
-    of the config belongs to its process alone.
+    The gthread and gevent workers read ``self.cfg.graceful_timeout`` when their
+    own drain starts, after their loop (workers/gthread.py and
+    workers/ggevent.py ``run``, every version); the sync worker has no drain.
+    The worker's copy of the config belongs to its process alone.
     """
     cfg.settings["graceful_timeout"].value = seconds
 
@@ -103,9 +107,10 @@ def polled_connections(poller: Any) -> list[Any]:
     """The connections registered in a gthread worker's poller (gunicorn before 24).
 
     Each one is registered with ``partial(self.on_client_socket_readable, conn)``
-    (21-23) or ``partial(self.reuse_connection, conn)`` (20.1) as its data
-    (workers/gthread.py ``enqueue_req`` and ``finish_request``); the listeners'
-    data is ``partial(self.accept, server)``, whose argument is no connection.
+    (21-23: workers/gthread.py ``accept`` and ``finish_request``) or
+    ``partial(self.reuse_connection, conn)`` (20.1: ``finish_request``) as its
+    data; the listeners' is ``partial(self.accept, server)``, whose argument is
+    no connection.
     """
     return [
         key.data.args[0]

@@ -9,6 +9,7 @@ keep their app in, and the apps a dispatcher mounts.
 from __future__ import annotations
 
 from .._core.lifecycle import Lifecycle
+from .lifecycle import Lifecycle as WSGILifecycle
 from .middleware import InFlightMiddleware
 
 #: The key of the lifecycle in a framework's extension registry (``app.extensions``).
@@ -78,7 +79,7 @@ def find_lifecycle(app: object, depth: int = 8) -> Lifecycle | None:
     found = find_lifecycles(app, depth)
     if not found:
         return None
-    return found[0] if len(found) == 1 else type(found[0]).combine(found)
+    return found[0] if len(found) == 1 else WSGILifecycle.combine(found)
 
 
 __all__ = ["EXTENSION_KEY", "find_lifecycle", "find_lifecycles"]
