@@ -116,6 +116,25 @@ def _master_quick_cap() -> float | None:
 REASON_SETTLE = 2.0
 
 
+def _master_holds_unhandled(sig: int) -> bool:
+    """Whether this worker's master holds ``sig`` unhandled: pending (sent, not yet
+    delivered: the master was not scheduled), or the master is stopped (``SIGSTOP``,
+    a debugger), so that it runs its handlers only later. Linux's
+    ``/proc/PID/status``; elsewhere, never."""
+    try:
+        with open(f"/proc/{os.getppid()}/status", "rb") as status:
+            lines = status.read().splitlines()
+    except OSError:
+        return False
+    bit = 1 << (sig - 1)
+    for line in lines:
+        if line.startswith(b"State:") and line.split()[1:2] in ([b"T"], [b"t"]):
+            return True
+        if line.startswith((b"SigPnd:", b"ShdPnd:")) and int(line.split()[1], 16) & bit:
+            return True
+    return False
+
+
 class WorkerShutdown:
     """Coordinates the shutdown of one worker process."""
 
@@ -319,7 +338,12 @@ class WorkerShutdown:
         if state is not None and state.recycled(os.getpid()):
             return reason  # the master said so before it sent it
         until = time.monotonic() + REASON_SETTLE
+        # A master that holds the SIGTERM unhandled (stopped, or not scheduled on a
+        # busy machine) will explain it: wait on while it does, up to graceful_timeout.
+        limit = self.requested_at + self.graceful_timeout
         while time.monotonic() < until:
+            if _master_holds_unhandled(signal.SIGTERM):
+                until = max(until, min(limit, time.monotonic() + REASON_SETTLE))
             requested = self.requested
             if requested is not None and requested != reason:  # a quick signal came
                 return requested
