@@ -293,9 +293,13 @@ def test_group_sigterm_is_a_terminate_however_late_the_master_runs(
     Result: the worker's callbacks run with reason "terminate" (it settled on
     "recycle" 0.2 s after its own SIGTERM, and terminate-only callbacks were
     skipped; later, on a busy machine, it settled so once its 2 s had passed
-    while its master still held the SIGTERM unhandled).
+    while its master still held the SIGTERM unhandled), and with their whole
+    budget, counted from the master's stop: none is skipped for lack of time
+    (with graceful_timeout 8 and the wait counted, two were).
     """
-    server = gunicorn([*GRACEFUL, *worker_args(worker_class, workers=1), APP])
+    server = gunicorn(
+        [*GRACEFUL, *worker_args(worker_class, workers=1), "--graceful-timeout", "8", APP]
+    )
     server.wait_ready(workers=1)
     os.kill(server.pid, signal.SIGSTOP)
     try:
@@ -305,6 +309,8 @@ def test_group_sigterm_is_a_terminate_however_late_the_master_runs(
         os.kill(server.pid, signal.SIGCONT)
     assert server.wait_exit(30) == 0
     assert {e["reason"] for e in server.callbacks()} == {"terminate"}, server.log()
+    assert "no time left" not in server.log()
+    assert re.search(r"shutdown complete .*, 0 skipped", server.log()), server.log()
 
 
 def test_a_quick_stop_of_a_running_master_keeps_a_stopping_workers_quick_budget(

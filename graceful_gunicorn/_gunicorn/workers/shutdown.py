@@ -116,6 +116,11 @@ def _master_quick_cap() -> float | None:
 REASON_SETTLE = 2.0
 
 
+def _master_stops(state: master_state.MasterState | None) -> bool:
+    """Whether the master recorded a stop of its own (terminate or quick)."""
+    return state is not None and state.stop_kind != master_state.STOP_NONE
+
+
 def _master_holds_unhandled(sig: int) -> bool:
     """Whether this worker's master holds ``sig`` unhandled: pending (sent, not yet
     delivered: the master was not scheduled), or the master is stopped (``SIGSTOP``,
@@ -337,9 +342,18 @@ class WorkerShutdown:
         state = master_state.current()
         if state is not None and state.recycled(os.getpid()):
             return reason  # the master said so before it sent it
+        settled = self._wait_for_the_masters_word(reason)
+        if settled is not None and not _master_stops(master_state.current()):
+            # No master's clock runs for this stop (a SIGTERM to this worker alone):
+            # its budget counts from now, not from the wait's start.
+            self.requested_at = time.monotonic()
+        return settled
+
+    def _wait_for_the_masters_word(self, reason: Reason) -> Reason | None:
         until = time.monotonic() + REASON_SETTLE
         # A master that holds the SIGTERM unhandled (stopped, or not scheduled on a
         # busy machine) will explain it: wait on while it does, up to graceful_timeout.
+        # The worker serves meanwhile; the budget counts from the master's stop.
         limit = self.requested_at + self.graceful_timeout
         while time.monotonic() < until:
             if _master_holds_unhandled(signal.SIGTERM):
@@ -372,8 +386,10 @@ class WorkerShutdown:
     def _deadline(self, plan: ShutdownPlan) -> float:
         state = master_state.current()
         started = self.requested_at
-        if state is not None and state.stop_kind != master_state.STOP_NONE and state.stop_at:
-            started = min(started, state.stop_at)  # the master's clock runs from its signal
+        if _master_stops(state) and state is not None and state.stop_at:
+            # The master's clock runs from its own signal, whether this worker's
+            # SIGTERM came before (the whole process group) or after it.
+            started = state.stop_at
         master_deadline = started + self.graceful_timeout - plan.margin
         if plan.quick:
             # counted from now: the app may have been loading since the signal
