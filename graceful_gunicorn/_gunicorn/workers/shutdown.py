@@ -168,6 +168,8 @@ class WorkerShutdown:
         #: Set once gunicorn's own loop has returned in the main thread.
         self.loop_finished = threading.Event()
         self._reason_unsettled = False
+        #: Whether the settle's wait saw the master hold its SIGTERM unhandled.
+        self._master_was_held = False
         self._ignored_sigterm = False
         #: The report this worker handed to the master, if it did.
         self._report: dict[str, Any] | None = None
@@ -342,10 +344,17 @@ class WorkerShutdown:
         state = master_state.current()
         if state is not None and state.recycled(os.getpid()):
             return reason  # the master said so before it sent it
+        self._master_was_held = False
         settled = self._wait_for_the_masters_word(reason)
-        if settled is not None and not _master_stops(master_state.current()):
-            # No master's clock runs for this stop (a SIGTERM to this worker alone):
-            # its budget counts from now, not from the wait's start.
+        if (
+            settled is not None
+            and self._master_was_held
+            and not _master_stops(master_state.current())
+        ):
+            # The wait went on while the master held its SIGTERM unhandled, and it
+            # still recorded no stop: no master's clock runs yet, so the budget
+            # counts from now. Otherwise from the SIGTERM, as gunicorn's own stop
+            # (a halt, which we do not record) may have started its clock then.
             self.requested_at = time.monotonic()
         return settled
 
@@ -357,6 +366,7 @@ class WorkerShutdown:
         limit = self.requested_at + self.graceful_timeout
         while time.monotonic() < until:
             if _master_holds_unhandled(signal.SIGTERM):
+                self._master_was_held = True
                 until = max(until, min(limit, time.monotonic() + REASON_SETTLE))
             requested = self.requested
             if requested is not None and requested != reason:  # a quick signal came
