@@ -99,7 +99,10 @@ class Gunicorn(GunicornServer):
     def events(self, event: str | None = None) -> list[dict[str, object]]:
         if not self.events_path.exists():
             return []
-        lines = self.events_path.read_text().splitlines()
+        text = self.events_path.read_text()
+        # Only whole lines: one still being written (a reader can see part of an
+        # append) is read at the next look.
+        lines = text[: text.rfind("\n") + 1].splitlines()
         found = [json.loads(line) for line in lines if line.strip()]
         return [e for e in found if event is None or e["event"] == event]
 
