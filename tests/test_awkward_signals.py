@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from graceful_gunicorn._gunicorn.workers.shutdown import REASON_SETTLE
+from graceful_gunicorn._gunicorn.workers.stop_signals import REASON_SETTLE
 
 from .conftest import WORKER_CLASSES
 from .scenarios import (

@@ -8,6 +8,8 @@ every gunicorn version and a release that changes one fails here, by name.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
 import os
 import re
@@ -190,3 +192,68 @@ def test_replace_handlers_wins_because_gunicorn_calls_them_through_self() -> Non
     compat.replace_handlers(arbiter, {"handle_hup": len})
     assert arbiter.handle_hup is len
     assert Arbiter.handle_hup is not len
+
+
+#: The graceful workers' own names: not gunicorn's, so not in WORKER_INTERNALS.
+_OURS = {
+    "graceful_gunicorn_worker",
+    "stop_serving",
+    "wake_main_loop",
+    "interrupt_main",
+    "serve_backlog",
+    "release_idle_connections",
+    "request_frames",
+}
+
+
+def _gunicorn_class(dotted: str) -> type:
+    module, _, name = dotted.rpartition(".")
+    cls: type = getattr(importlib.import_module(module), name)
+    return cls
+
+
+def _instance(cls: type) -> object:
+    log = SimpleNamespace()
+    worker = cls(1, os.getpid(), [], None, 30, Config(), log)
+    worker.tmp.close()
+    return worker
+
+
+@pytest.mark.parametrize("dotted", sorted(compat.WORKER_INTERNALS))
+def test_worker_internals_exist_on_the_gunicorn_installed(dotted: str) -> None:
+    """Each method the graceful workers override and each attribute they read is
+    still there: a gunicorn that renames one fails here, not in a scenario."""
+    if dotted.endswith("GeventWorker"):
+        pytest.importorskip("gevent")
+    worker = _instance(_gunicorn_class(dotted))
+    missing = [name for name in compat.WORKER_INTERNALS[dotted] if not hasattr(worker, name)]
+    assert missing == [], f"{dotted} has no {missing} on gunicorn {gunicorn.__version__}"
+
+
+def test_worker_internals_name_every_override() -> None:
+    """Every name a graceful worker class defines is its own or listed in
+    WORKER_INTERNALS under a gunicorn class it derives from."""
+    from graceful_gunicorn._gunicorn.workers.base import GracefulWorkerMixin
+    from graceful_gunicorn._gunicorn.workers.gthread import GracefulThread
+    from graceful_gunicorn._gunicorn.workers.sync import GracefulSync
+
+    classes: list[type] = [GracefulSync, GracefulThread]
+    if importlib.util.find_spec("gevent") is not None:
+        from graceful_gunicorn._gunicorn.workers.ggevent import GracefulGevent
+
+        classes.append(GracefulGevent)
+    unlisted: list[str] = []
+    for cls in classes:
+        listed = {
+            name
+            for dotted, names in compat.WORKER_INTERNALS.items()
+            if issubclass(cls, _gunicorn_class(dotted))
+            for name in names
+        }
+        for own in (cls, GracefulWorkerMixin):
+            for name in vars(own):
+                private = name.startswith("_") and name not in listed
+                if name in _OURS or private or name in listed:
+                    continue
+                unlisted.append(f"{own.__name__}.{name}")
+    assert unlisted == []

@@ -48,9 +48,9 @@ def test_a_worker_belongs_to_the_generation_it_was_made_in() -> None:
         os.set_blocking(fd, False)
     try:
         worker.init_signals()
-        assert worker.graceful is not None
-        assert worker.graceful.generation == before
-        assert worker.graceful.term_reason() == "reload"
+        assert worker.shutdown is not None
+        assert worker.shutdown.generation == before
+        assert worker.shutdown.signals.term_reason() == "reload"
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGABRT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
@@ -73,7 +73,7 @@ def test_a_coordinator_that_fails_lets_the_worker_exit() -> None:
     logged: list[str] = []
 
     class Worker:
-        class log:  # gunicorn's logger, as the coordinator uses it
+        class log:  # gunicorn's logger, as the shutdown thread uses it
             @staticmethod
             def exception(message: str, *args: object) -> None:
                 logged.append(message % args)
@@ -106,8 +106,8 @@ class _QuickSignals:
         for fd in self.worker.PIPE:
             os.set_blocking(fd, False)
         self.worker.init_signals()
-        assert self.worker.graceful is not None
-        self.graceful = self.worker.graceful
+        assert self.worker.shutdown is not None
+        self.shutdown = self.worker.shutdown
         self.exits: list[int] = []
         monkeypatch.setattr(os, "_exit", self.exits.append)
 
@@ -136,7 +136,7 @@ class _QuickSignals:
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         self.worker.tmp.close()
-        for fd in (*self.worker.PIPE, self.graceful._wake_read, self.graceful._wake_write):
+        for fd in (*self.worker.PIPE, self.shutdown._wake_read, self.shutdown._wake_write):
             os.close(fd)
         self.state._lock.close()
         process_state.reset()
@@ -161,20 +161,20 @@ def test_a_relay_that_comes_while_the_first_handler_runs_is_not_a_second_stop(
     callbacks. Now one stop; a SIGQUIT a keystroke later is the user's second."""
     quick.master_gets(signal.SIGQUIT)
     quick.master_relays(send=False)
-    graceful = quick.graceful
-    request = graceful.request
+    shutdown = quick.shutdown
+    stop = shutdown.signals.stop
     relayed: list[bool] = []
 
-    def relay_arrives(*args: Any) -> None:
+    def relay_arrives(*args: Any) -> Any:
         if not relayed:
             relayed.append(True)
             quick.send(signal.SIGQUIT)  # the master's, inside the first handler
-        request(*args)
+        return stop(*args)
 
-    graceful.request = relay_arrives  # type: ignore[method-assign]
+    shutdown.signals.stop = relay_arrives  # type: ignore[method-assign]
     quick.send(signal.SIGQUIT)
     assert relayed and quick.exits == []
-    assert graceful.requested == "quick"
+    assert shutdown.requested == "quick"
     quick.send(signal.SIGQUIT)
     assert quick.exits == [0]
 
@@ -212,7 +212,7 @@ def test_pkill_signals_the_master_first_and_the_worker_after_its_relay(
     quick.master_relays()
     quick.send(sig)
     assert quick.exits == []
-    assert quick.graceful.requested == "quick"
+    assert quick.shutdown.requested == "quick"
     quick.send(signal.SIGQUIT)
     assert quick.exits == [0]
 
@@ -256,7 +256,7 @@ def test_gthread_hands_nothing_to_a_loop_that_closed_its_queue() -> None:
     worker.method_queue.init()
     worker.PIPE = list(os.pipe())
     worker._guard_method_queue()
-    worker.stop_serving(5.0)  # the stop begins, as the coordinator begins it
+    worker.stop_serving(5.0)  # the stop begins, as the shutdown thread begins it
     worker.method_queue.close()  # gunicorn's loop, as it ends
     read, write = os.pipe()  # the descriptor numbers the queue had
     try:

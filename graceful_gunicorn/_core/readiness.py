@@ -45,6 +45,22 @@ class Readiness:
         #: it is given (the graceful worker points it at gunicorn's response).
         self.close_connection: Callable[[Any], None] = _leave_open
 
+    def serve_under(
+        self,
+        path: str | None,
+        *,
+        close_connection: Callable[[Any], None],
+        server_flag: ByteFlag | None = None,
+    ) -> None:
+        """Answer ``path`` for a server: ``close_connection`` closes a response's
+        connection; ``server_flag`` is the master's byte that says the whole
+        server is going away (``None``: no master, this process is the server)."""
+        self.path = path
+        self.close_connection = close_connection
+        if server_flag is not None:
+            self.server_flag = server_flag
+            self.standalone = False
+
     def going_away(self) -> bool:
         """Whether the server is shutting down (readiness answers 503)."""
         return bool(self.server_flag[0]) or (self.standalone and self.stopping)

@@ -4,10 +4,9 @@ Each name below says what it relies on, in which gunicorn versions and where
 in gunicorn's source; ``tests/test_compat.py`` checks each against the
 gunicorn installed, in every environment of the tox matrix, so that a gunicorn
 release that breaks an assumption fails a test named after it, not a timing
-scenario. What is not here is what the graceful workers override or read as
-subclasses of gunicorn's (``handle``, ``finish_request``, ``alive``, the
-gthread poller and its kept-alive deque, ``Arbiter.WORKERS``): the
-real-process tests exercise those on every gunicorn of the matrix.
+scenario. What the graceful workers override or read as subclasses of
+gunicorn's is named in :data:`WORKER_INTERNALS`; the test checks that each
+exists on the gunicorn installed, and that no override is missing from it.
 """
 
 from __future__ import annotations
@@ -22,6 +21,46 @@ import gunicorn
 
 #: The gunicorn installed, as ``(major, minor, ...)``.
 VERSION: tuple[int, ...] = tuple(gunicorn.version_info)
+
+#: What the graceful workers override in gunicorn's worker classes, or read from
+#: them, by the class that defines it (gunicorn/workers/base.py, sync.py,
+#: gthread.py, ggevent.py; an instance's attributes are set in ``__init__``).
+#: gthread's lock guards its poller before 24; from 24 on, a method queue
+#: (``PollableMethodQueue``) hands work to its main loop instead.
+WORKER_INTERNALS: dict[str, tuple[str, ...]] = {
+    "gunicorn.workers.base.Worker": (
+        "init_signals",
+        "load_wsgi",
+        "run",
+        "notify",
+        "handle_exit",
+        "handle_quit",
+        "handle_abort",
+        "alive",
+        "age",
+        "cfg",
+        "log",
+        "sockets",
+        "tmp",
+    ),
+    "gunicorn.workers.sync.SyncWorker": ("handle",),
+    "gunicorn.workers.gthread.ThreadWorker": (
+        "run",
+        "finish_request",
+        "murder_keepalived",
+        "keepalived_conns",
+        "nr_conns",
+        "poller",
+        *(("_lock",) if VERSION < (24, 0) else ("method_queue",)),
+    ),
+    "gunicorn.workers.ggevent.GeventWorker": (
+        "run",
+        "load_wsgi",
+        "notify",
+        "handle",
+        "timeout_ctx",
+    ),
+}
 
 #: gunicorn 25+ reads SIGINT/SIGQUIT while its master waits for the workers in
 #: ``Arbiter.stop`` ("Quick shutdown requested"), passes SIGQUIT on and SIGKILLs

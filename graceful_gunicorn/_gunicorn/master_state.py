@@ -77,6 +77,11 @@ class MasterState:
         return self._read()[0]
 
     @property
+    def stop_recorded(self) -> bool:
+        """Whether the master recorded a stop of its own (terminate or quick)."""
+        return self.stop_kind != STOP_NONE
+
+    @property
     def stop_at(self) -> float:
         """The master's :func:`time.monotonic` time when it began to stop (0 if not)."""
         return self._read()[2]
@@ -173,6 +178,12 @@ class MasterState:
 def current() -> MasterState | None:
     """The state of this process's master, if graceful_gunicorn.conf set it up."""
     return STATE.master
+
+
+def stop_recorded() -> bool:
+    """Whether this process's master recorded a stop (``False`` without a master)."""
+    state = STATE.master
+    return state is not None and state.stop_recorded
 
 
 def create() -> MasterState:

@@ -2,9 +2,9 @@
 
 The mixin overrides as little as it can and always calls ``super()``:
 
-- ``init_signals``: creates the shutdown coordinator before the handlers exist;
+- ``init_signals``: creates the shutdown runner (WorkerShutdown) before the handlers exist;
 - ``load_wsgi``: finds the app's lifecycle (or wraps the app in a fresh one);
-- ``run``: starts the coordinator, runs gunicorn's loop, waits for the shutdown;
+- ``run``: starts the shutdown thread, runs gunicorn's loop, waits for the shutdown;
 - ``handle_exit`` / ``handle_quit`` / ``handle_abort``: only record a flag.
 
 gunicorn's own handlers do real work in signal context (``worker_int``, a
@@ -31,8 +31,8 @@ from ..._wsgi.discovery import find_lifecycle
 from ..._wsgi.lifecycle import Lifecycle as WSGILifecycle
 from .. import compat, master_state
 from ..server_settings import check_lifecycle_fits, settings_in_force
-from .quick_signals import QuickSignal
 from .shutdown import WorkerShutdown
+from .stop_signals import Decision
 
 #: How long a stopping worker keeps a kept-alive connection open for a next
 #: request, from its last response or the stop, whichever came later (its own
@@ -66,21 +66,21 @@ class GracefulWorkerMixin(_Base):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Runs in the master before the fork: nothing process-wide here.
         super().__init__(*args, **kwargs)
-        self.graceful: WorkerShutdown | None = None
+        self.shutdown: WorkerShutdown | None = None
         state = master_state.current()
         #: The reload generation the master made this worker in.
         self.generation = state.generation if state is not None else 0
 
     def init_signals(self) -> None:
-        """Create the coordinator first: our handlers need it."""
-        self.graceful = WorkerShutdown(self, float(self.cfg.graceful_timeout), self.generation)
+        """Create the shutdown runner first: our handlers need it."""
+        self.shutdown = WorkerShutdown(self, float(self.cfg.graceful_timeout), self.generation)
         super().init_signals()
         state = master_state.current()
-        if state is not None and state.stop_kind != master_state.STOP_NONE:
+        if state is not None and state.stop_recorded:
             # The master stopped while this worker was being forked: its signal
             # reached the master's handler, inherited until now, and was lost.
             sent = "SIGTERM" if state.stop_kind == master_state.STOP_TERMINATE else "SIGQUIT"
-            self.graceful.request_after_sigterm(f"{sent} (sent while the worker booted)")
+            self.shutdown.request_after_sigterm(f"{sent} (sent while the worker booted)")
 
     def load_wsgi(self) -> None:
         """Load the app, then find its lifecycle or give it one."""
@@ -99,13 +99,13 @@ class GracefulWorkerMixin(_Base):
         if state is not None:
             state.mark_worker_booted()
         for each in (lifecycle, *lifecycle.members):  # every app a dispatcher mounts
-            each.readiness.path = settings.readiness_path
-            if state is not None:
-                each.readiness.server_flag = state.flag
-                each.readiness.standalone = False
-            each.readiness.close_connection = compat.close_after_response
-        assert self.graceful is not None  # created in init_signals, which runs first
-        self.graceful.attach(lifecycle, settings)
+            each.readiness.serve_under(
+                settings.readiness_path,
+                close_connection=compat.close_after_response,
+                server_flag=state.flag if state is not None else None,
+            )
+        assert self.shutdown is not None  # created in init_signals, which runs first
+        self.shutdown.attach(lifecycle, settings)
         apps = ""
         if lifecycle.members:
             names = ", ".join(m.name or "unnamed" for m in lifecycle.members)
@@ -140,8 +140,8 @@ class GracefulWorkerMixin(_Base):
 
     def run(self) -> None:
         """Serve until told to stop, then wait for the shutdown sequence to end."""
-        assert self.graceful is not None
-        self.graceful.start()
+        assert self.shutdown is not None
+        self.shutdown.start()
         try:
             super().run()
             self.serve_backlog()
@@ -150,22 +150,22 @@ class GracefulWorkerMixin(_Base):
             # call halt() there and signal the sibling workers.
             raise SystemExit(0) from None
         finally:
-            self.graceful.main_loop_finished()
+            self.shutdown.main_loop_finished()
 
     # -- signal handlers: flags only ------------------------------------------------
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """SIGTERM: a graceful stop (terminate, reload or recycle)."""
-        if self.graceful is None or not self.graceful.in_worker:
+        if self.shutdown is None or not self.shutdown.in_worker:
             super().handle_exit(sig, frame)
             return
-        self.graceful.request_after_sigterm()
+        self.shutdown.request_after_sigterm()
 
     def handle_quit(self, sig: int, frame: FrameType | None) -> None:
         """SIGINT/SIGQUIT: a quick stop; a second one exits at once."""
         now = time.monotonic()
-        graceful = self.graceful
-        if graceful is None or not graceful.in_worker:
+        shutdown = self.shutdown
+        if shutdown is None or not shutdown.in_worker:
             super().handle_quit(sig, frame)
             return
         if _inside_handle_quit(frame):
@@ -174,30 +174,26 @@ class GracefulWorkerMixin(_Base):
             # running one (Modules/signalmodule.c), so the group's SIGQUIT and the
             # master's, microseconds apart, land here. One stop; the outer run
             # goes on with it.
-            graceful.quick_signals.merge()
+            shutdown.signals.merge_nested_quick()
             return
-        if graceful.ending_stuck_main_thread():
+        if shutdown.ending_stuck_main_thread():
             # Sent by interrupt_main(): leave the request the main thread is stuck in.
             raise SystemExit(0)
-        meaning = graceful.quick_signals.receive(sig, now)
-        if meaning is QuickSignal.SAME_STOP:
-            return
-        if meaning is QuickSignal.SECOND_STOP:
+        if shutdown.quick_signal(sig, now) is Decision.EXIT_NOW:
             os.write(2, b"graceful_gunicorn: second quick stop signal, exiting now\n")
             os._exit(0)
-        graceful.request("quick", signal.Signals(sig).name)
 
     def handle_abort(self, sig: int, frame: FrameType | None) -> None:
         """SIGABRT (worker timeout): log what is stuck, then the quick callbacks."""
-        graceful = self.graceful
-        if graceful is None or not graceful.in_worker:
+        shutdown = self.shutdown
+        if shutdown is None or not shutdown.in_worker:
             super().handle_abort(sig, frame)
             return
-        if graceful.ending_stuck_main_thread():
+        if shutdown.ending_stuck_main_thread():
             raise SystemExit(1)
-        graceful.request("abort", "SIGABRT")
+        shutdown.request("abort", "SIGABRT")
 
-    # -- used by the coordinator thread ------------------------------------------
+    # -- used by the shutdown thread ------------------------------------------
 
     def stop_serving(self, drain_seconds: float) -> None:
         """Stop accepting; gunicorn's own drain may take ``drain_seconds`` at most."""

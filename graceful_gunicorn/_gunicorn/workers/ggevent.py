@@ -134,7 +134,7 @@ def _waits_for_first_byte(serving: Any) -> bool:
 class GracefulGevent(GracefulWorkerMixin, GeventWorker):
     """gunicorn's gevent worker with the graceful shutdown sequence.
 
-    gevent patches ``threading``, so the coordinator and the callbacks run in
+    gevent patches ``threading``, so the shutdown thread and the callbacks run in
     greenlets: a callback that never yields cannot be timed out.
 
     gunicorn's gevent worker keeps an idle kept-alive connection open for its
@@ -168,8 +168,8 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
     def load_wsgi(self) -> None:
         """Load the app; its async callbacks' event loops run in native threads."""
         super().load_wsgi()
-        assert self.graceful is not None and self.graceful.lifecycle is not None
-        self.graceful.lifecycle.run_async = _run_in_a_native_thread
+        assert self.shutdown is not None and self.shutdown.lifecycle is not None
+        self.shutdown.lifecycle.run_async = _run_in_a_native_thread
 
     def notify(self) -> None:
         """Tell the master this worker is alive; an orphan still finishes its shutdown.
@@ -178,8 +178,8 @@ class GracefulGevent(GracefulWorkerMixin, GeventWorker):
         (the master was killed): from our heartbeat that would end the process in
         the middle of a callback. Once the shutdown began, only the heartbeat.
         """
-        graceful = self.graceful
-        if graceful is not None and graceful.requested is not None:
+        shutdown = self.shutdown
+        if shutdown is not None and shutdown.requested is not None:
             Worker.notify(self)
             return
         super().notify()

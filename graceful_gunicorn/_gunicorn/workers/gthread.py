@@ -52,11 +52,11 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
 
     @alive.setter
     def alive(self, value: bool) -> None:
-        graceful = getattr(self, "graceful", None)  # unset while Worker.__init__ runs
-        if not value and self._serving and graceful is not None and graceful.requested is None:
+        shutdown = getattr(self, "shutdown", None)  # unset while Worker.__init__ runs
+        if not value and self._serving and shutdown is not None and shutdown.requested is None:
             # gunicorn stops by itself (max_requests): start our sequence now, so
             # that its drain gets heartbeats and a keep-alive linger.
-            graceful.request("recycle")
+            shutdown.request("recycle")
         self._serving = value
 
     def run(self) -> None:

@@ -69,7 +69,7 @@ class QuickSignals:
         """Whether ``sig``, after this worker's first, comes from the same user
         action (once per stop); see the module's docstring."""
         state = master_state.current()
-        if self._second_half_taken or state is None or state.stop_kind == master_state.STOP_NONE:
+        if self._second_half_taken or state is None or not state.stop_recorded:
             return False
         first = signal.SIGQUIT if signal.SIGQUIT in self.seen else signal.SIGINT
         relays = state.quick_relays

@@ -2,19 +2,16 @@
 
 gunicorn's worker signal handlers run in the main thread, in the middle of
 whatever it was doing (a request, on the sync worker). Ours therefore only
-record a flag and write one byte to a pipe; this coordinator thread wakes on
-that byte and runs the sequence:
+hand the signal to :class:`.stop_signals.StopSignals`, which says what it
+means, and write one byte to a pipe; the shutdown thread (:class:`WorkerShutdown`)
+wakes on that byte and runs :meth:`ShutdownSequence.run
+<graceful_gunicorn._core.sequence.ShutdownSequence.run>` with what this
+server does differently: gunicorn's own stop, its drain shortened to our drain
+budget, and "drained" meaning that gunicorn's loop has returned. Then it makes
+sure the process is gone before the master's deadline.
 
-1. ``before_shutdown`` callbacks, while the worker still serves;
-2. stop serving: gunicorn's own stop, its drain shortened to our drain budget;
-3. drain: wait until no request is in flight and gunicorn's loop has returned;
-4. ``on_shutdown`` then ``after_shutdown`` callbacks, inside the remaining budget;
-5. make sure the process is gone before the master's deadline.
-
-A quick stop (``SIGINT``/``SIGQUIT``) and an abort (worker timeout) skip
-steps 1 and 3 and give step 4 ``quick_shutdown_timeout``. Every wait sends
-the master a heartbeat, so its ``timeout`` never kills a worker that is
-stopping on purpose.
+Every wait sends the master a heartbeat, so its ``timeout`` never kills a
+worker that is stopping on purpose.
 """
 
 from __future__ import annotations
@@ -36,7 +33,7 @@ from ..._core.plan import ShutdownPlan, safety_margin
 from ..._core.sequence import ShutdownSequence
 from ..._core.settings import Settings
 from .. import compat, master_state, worker_reports
-from .quick_signals import QuickSignals
+from .stop_signals import Decision, StopSignals
 
 if TYPE_CHECKING:
     from gunicorn.glogging import Logger
@@ -65,7 +62,7 @@ def _hold_the_main_thread() -> None:
 
 
 class StoppableWorker(Protocol):
-    """What the coordinator needs from a gunicorn worker."""
+    """What the shutdown runner needs from a gunicorn worker."""
 
     log: Logger
 
@@ -108,38 +105,6 @@ def _master_quick_cap() -> float | None:
     return max(0.0, left)
 
 
-#: How long a worker waits for the master to explain a SIGTERM it has not
-#: recorded (yet): sent to the whole process group (systemd's default
-#: KillMode, ``kill -TERM -PGID``), it can reach a worker long before a busy
-#: master runs. A recycle the master sends (SIGTTOU) is recorded first and
-#: needs no wait; only a SIGTERM sent to the worker by hand waits this long.
-REASON_SETTLE = 2.0
-
-
-def _master_stops(state: master_state.MasterState | None) -> bool:
-    """Whether the master recorded a stop of its own (terminate or quick)."""
-    return state is not None and state.stop_kind != master_state.STOP_NONE
-
-
-def _master_holds_unhandled(sig: int) -> bool:
-    """Whether this worker's master holds ``sig`` unhandled: pending (sent, not yet
-    delivered: the master was not scheduled), or the master is stopped (``SIGSTOP``,
-    a debugger), so that it runs its handlers only later. Linux's
-    ``/proc/PID/status``; elsewhere, never."""
-    try:
-        with open(f"/proc/{os.getppid()}/status", "rb") as status:
-            lines = status.read().splitlines()
-    except OSError:
-        return False
-    bit = 1 << (sig - 1)
-    for line in lines:
-        if line.startswith(b"State:") and line.split()[1:2] in ([b"T"], [b"t"]):
-            return True
-        if line.startswith((b"SigPnd:", b"ShdPnd:")) and int(line.split()[1], 16) & bit:
-            return True
-    return False
-
-
 class WorkerShutdown:
     """Coordinates the shutdown of one worker process."""
 
@@ -158,24 +123,16 @@ class WorkerShutdown:
         )
         self.lifecycle: Lifecycle | None = None
         self.settings = Settings()
-        self.requested: Reason | None = None
-        self.requested_at = 0.0
-        #: The SIGINT/SIGQUIT signals this worker got, and what each one means.
-        self.quick_signals = QuickSignals()
+        #: The stop signals this worker got, and the shutdown they ask for.
+        self.signals = StopSignals(self.generation)
         self.sequence: ShutdownSequence | None = None
         #: Set once the callbacks are over.
         self.done = threading.Event()
         #: Set once gunicorn's own loop has returned in the main thread.
         self.loop_finished = threading.Event()
-        self._reason_unsettled = False
-        #: Whether the settle's wait saw the master hold its SIGTERM unhandled.
-        self._master_was_held = False
-        self._ignored_sigterm = False
         #: The report this worker handed to the master, if it did.
         self._report: dict[str, Any] | None = None
         self._atexit_runner: _AtexitRunner | None = None
-        #: The signal that started the shutdown, if one did.
-        self.signal_name: str | None = None
         #: The worker process; a child the app forks is not it (see _after_fork_in_child).
         self.pid = os.getpid()
         self._parent = os.getppid()
@@ -210,6 +167,11 @@ class WorkerShutdown:
         self.lifecycle = lifecycle
         self.settings = settings
 
+    @property
+    def requested(self) -> Reason | None:
+        """The shutdown asked for (quick once escalated), or ``None``."""
+        return self.signals.reason
+
     # -- called from signal handlers: flags and one write, nothing else ----------
 
     def request(self, reason: Reason, signal_name: str | None = None) -> None:
@@ -218,18 +180,26 @@ class WorkerShutdown:
         ``signal_name`` is the signal that asked (``None``: gunicorn's loop ended
         by itself, as on ``max_requests``).
         """
-        if self.requested is None:
-            self.requested_at = time.monotonic()
-            self.requested = reason
-            self.signal_name = signal_name
-        elif reason in QUICK_REASONS and self.requested not in QUICK_REASONS:
+        self._act(self.signals.stop(reason, signal_name))
+
+    def request_after_sigterm(self, signal_name: str = "SIGTERM") -> None:
+        """SIGTERM: ask for a shutdown for the reason the master recorded."""
+        self._act(self.signals.sigterm(signal_name))
+
+    def quick_signal(self, sig: int, now: float) -> Decision:
+        """SIGINT/SIGQUIT ``sig``, whose handler began at ``now``: act on what it
+        means; the caller exits on ``Decision.EXIT_NOW``."""
+        decision = self.signals.quick(sig, now)
+        self._act(decision)
+        return decision
+
+    def _act(self, decision: Decision) -> None:
+        if decision is Decision.ESCALATE:
             sequence = self.sequence
-            if sequence is not None:
+            if sequence is not None:  # otherwise it starts quick (see _run)
                 sequence.escalate(time.monotonic() + self._escalated_budget())
-            else:  # the sequence has not started: it starts quick (see _run)
-                self.requested = reason
-                self.signal_name = signal_name
-        self._wake()
+        if decision in (Decision.START, Decision.ESCALATE, Decision.IGNORED):
+            self._wake()  # the shutdown thread starts, escalates, or logs the ignored SIGTERM
 
     def ending_stuck_main_thread(self) -> bool:
         """Whether the shutdown is over while the main thread is still in gunicorn's
@@ -239,7 +209,7 @@ class WorkerShutdown:
     def _wake(self) -> None:
         try:
             os.write(self._wake_write, b"!")
-        except OSError:  # the pipe is full: the coordinator is awake anyway
+        except OSError:  # the pipe is full: the shutdown thread is awake anyway
             pass
 
     def _escalated_budget(self) -> float:
@@ -247,48 +217,10 @@ class WorkerShutdown:
         cap = _master_quick_cap()
         return budget if cap is None else min(budget, cap)
 
-    def request_after_sigterm(self, signal_name: str = "SIGTERM") -> None:
-        """SIGTERM: ask for a shutdown for the reason the master recorded.
-
-        Ignored while the master holds ``shutdown_delay``: a SIGTERM sent to the
-        whole process group reaches the workers too, and the master sends its
-        own when the delay is over.
-        """
-        if self.requested is not None:
-            return
-        if self._master_holds_delay():
-            self._ignored_sigterm = True
-            self._wake()  # the coordinator logs it
-            return
-        reason = self.term_reason()
-        # "recycle" may just mean that the master has not recorded its stop yet
-        self._reason_unsettled = reason == "recycle"
-        self.request(reason, signal_name)
-
-    @staticmethod
-    def _master_holds_delay() -> bool:
-        state = master_state.current()
-        return (
-            state is not None and state.stop_kind == master_state.STOP_NONE and state.flag[0] != 0
-        )
-
-    def term_reason(self) -> Reason:
-        """Why this worker got SIGTERM, as the master recorded it."""
-        state = master_state.current()
-        if state is None:
-            return "terminate"
-        if state.stop_kind == master_state.STOP_TERMINATE:
-            return "terminate"
-        if state.stop_kind == master_state.STOP_QUICK:
-            return "quick"
-        if state.generation != self.generation:
-            return "reload"
-        return "recycle"
-
-    # -- the coordinator thread -------------------------------------------------
+    # -- the shutdown thread -----------------------------------------------------
 
     def start(self) -> None:
-        """Start the coordinator thread (in the worker, after the fork)."""
+        """Start the shutdown thread (in the worker, after the fork)."""
         thread = threading.Thread(target=self._watch, name="graceful-shutdown", daemon=True)
         thread.start()
 
@@ -297,7 +229,7 @@ class WorkerShutdown:
 
         For a main thread that may sit in a restarted system call (the sync
         worker serving a request): the Python handler runs only when that
-        call returns, but the coordinator thread reads the number at once.
+        call returns, but the shutdown thread reads the number at once.
         """
         signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
 
@@ -310,8 +242,9 @@ class WorkerShutdown:
             self.done.set()
 
     def _watch_and_run(self) -> None:
+        signals = self.signals
         while True:
-            while self.requested is None:
+            while signals.reason is None:
                 select.select([self._wake_read], [], [], 1.0)
                 if not self.in_worker:
                     return  # a greenlet that survived a fork of the app's (gevent)
@@ -327,64 +260,13 @@ class WorkerShutdown:
                     self.worker.wake_main_loop()
                 if signal.SIGTERM in woke:
                     self.request_after_sigterm()
-                if self._ignored_sigterm:
-                    self._ignored_sigterm = False
+                if signals.take_ignored_sigterm():
                     self._log_ignored_sigterm()
-            reason = self._settled(self.requested)
+            reason = signals.settle(self.graceful_timeout)
             if reason is not None:
                 break
-            self._withdraw()
             self._log_ignored_sigterm()
         self._run(reason)
-
-    def _settled(self, reason: Reason) -> Reason | None:
-        """The reason of a SIGTERM once the master explained it; ``None``: ignore it."""
-        if not self._reason_unsettled:
-            return reason
-        state = master_state.current()
-        if state is not None and state.recycled(os.getpid()):
-            return reason  # the master said so before it sent it
-        self._master_was_held = False
-        settled = self._wait_for_the_masters_word(reason)
-        if (
-            settled is not None
-            and self._master_was_held
-            and not _master_stops(master_state.current())
-        ):
-            # The wait went on while the master held its SIGTERM unhandled, and it
-            # still recorded no stop: no master's clock runs yet, so the budget
-            # counts from now. Otherwise from the SIGTERM, as gunicorn's own stop
-            # (a halt, which we do not record) may have started its clock then.
-            self.requested_at = time.monotonic()
-        return settled
-
-    def _wait_for_the_masters_word(self, reason: Reason) -> Reason | None:
-        until = time.monotonic() + REASON_SETTLE
-        # A master that holds the SIGTERM unhandled (stopped, or not scheduled on a
-        # busy machine) will explain it: wait on while it does, up to graceful_timeout.
-        # The worker serves meanwhile; the budget counts from the master's stop.
-        limit = self.requested_at + self.graceful_timeout
-        while time.monotonic() < until:
-            if _master_holds_unhandled(signal.SIGTERM):
-                self._master_was_held = True
-                until = max(until, min(limit, time.monotonic() + REASON_SETTLE))
-            requested = self.requested
-            if requested is not None and requested != reason:  # a quick signal came
-                return requested
-            if self._master_holds_delay():
-                return None
-            explained = self.term_reason()
-            if explained != reason:
-                return explained
-            time.sleep(0.01)
-        return reason
-
-    def _withdraw(self) -> None:
-        if self.requested in QUICK_REASONS:
-            return  # a quick signal came meanwhile: it stands
-        self.requested = None
-        self.signal_name = None
-        self._reason_unsettled = False
 
     def _log_ignored_sigterm(self) -> None:
         self.worker.log.info(
@@ -395,8 +277,8 @@ class WorkerShutdown:
 
     def _deadline(self, plan: ShutdownPlan) -> float:
         state = master_state.current()
-        started = self.requested_at
-        if _master_stops(state) and state is not None and state.stop_at:
+        started = self.signals.started_at
+        if state is not None and state.stop_recorded and state.stop_at:
             # The master's clock runs from its own signal, whether this worker's
             # SIGTERM came before (the whole process group) or after it.
             started = state.stop_at
@@ -439,7 +321,7 @@ class WorkerShutdown:
                 "%.2fs left, %d request(s) in flight, drain until %.2fs, "
                 "%.2fs kept for callbacks; plan: %s",
                 reason,
-                self.signal_name or "none",
+                self.signals.signal_name or "none",
                 os.getpid(),
                 sequence.remaining(),
                 lifecycle.in_flight,
@@ -459,7 +341,7 @@ class WorkerShutdown:
             state = master_state.current()
             # The master's summary reads it. Ctrl+C signals the whole group, so
             # a quick stop may be over before the master has recorded its own.
-            if state is not None and (state.stop_kind != master_state.STOP_NONE or sequence.quick):
+            if state is not None and (state.stop_recorded or sequence.quick):
                 self._report = report.as_dict()
                 worker_reports.write(self._report)
         except BaseException:

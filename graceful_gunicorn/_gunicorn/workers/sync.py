@@ -53,19 +53,19 @@ class GracefulSync(GracefulWorkerMixin, SyncWorker):
     """gunicorn's sync worker with the graceful shutdown sequence."""
 
     def init_signals(self) -> None:
-        """Let the coordinator see a SIGTERM that arrives during a blocking call.
+        """Let the shutdown thread see a SIGTERM that arrives during a blocking call.
 
         gunicorn restarts system calls after SIGTERM (``SA_RESTART``, so that a
         request is not disturbed), so while the main thread waits in ``recv()``
         (a client that stalls its body, a slow database) the Python handler
         would not run until that call returns, and the worker would not begin
         its shutdown. The C handler still writes the signal's number to the
-        wakeup pipe, which the coordinator thread reads. Our stop wakes
+        wakeup pipe, which the shutdown thread reads. Our stop wakes
         gunicorn's loop through its own pipe (:meth:`stop_serving`).
         """
         super().init_signals()
-        assert self.graceful is not None  # created by the mixin's init_signals
-        self.graceful.use_as_signal_wakeup()
+        assert self.shutdown is not None  # created by the mixin's init_signals
+        self.shutdown.use_as_signal_wakeup()
 
     def serve_backlog(self) -> None:
         """Serve the connections still queued in the listen backlog, within the drain.
@@ -82,8 +82,8 @@ class GracefulSync(GracefulWorkerMixin, SyncWorker):
         worker until the drain deadline. Silent ones wait side by side, while
         the next connections are taken.
         """
-        graceful = self.graceful
-        sequence = graceful.sequence if graceful is not None else None
+        shutdown = self.shutdown
+        sequence = shutdown.sequence if shutdown is not None else None
         if sequence is None or sequence.quick:
             return
         pending: dict[socket.socket, tuple[socket.socket, Any, float]] = {}
