@@ -22,6 +22,10 @@ class LoadResult:
     sent: int = 0
     failed: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    #: The longest a request took (seconds, from sending to its whole response).
+    slowest: float = 0.0
+    #: How many requests took longer than a second.
+    over_one_second: int = 0
 
 
 class Load:
@@ -66,6 +70,7 @@ class Load:
             if connection is None:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
             error = None
+            began = time.monotonic()
             try:
                 connection.request("GET", self.path)
                 response = connection.getresponse()
@@ -79,8 +84,11 @@ class Load:
                 error = type(exc).__name__
                 connection.close()
                 connection = None
+            took = time.monotonic() - began
             with self._lock:
                 self.result.sent += 1
+                self.result.slowest = max(self.result.slowest, took)
+                self.result.over_one_second += took > 1.0
                 if error is not None:
                     self.result.failed += 1
                     self.result.errors[error] += 1

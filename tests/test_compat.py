@@ -257,3 +257,12 @@ def test_worker_internals_name_every_override() -> None:
                     continue
                 unlisted.append(f"{own.__name__}.{name}")
     assert unlisted == []
+
+
+def test_reload_waits_for_old_workers_when_its_source_has_the_wait_loop() -> None:
+    reload = _source(Arbiter.reload)
+    waits = "last_worker_age" in reload and "self.reap_workers()" in reload
+    assert compat.RELOAD_WAITS_FOR_OLD_WORKERS == waits
+    # Both: the old workers' SIGTERMs come from manage_workers, through kill_worker.
+    assert "self.manage_workers()" in reload
+    assert "self.kill_worker(pid, signal.SIGTERM)" in _source(Arbiter.manage_workers)

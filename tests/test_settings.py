@@ -8,7 +8,12 @@ import pytest
 
 from graceful_gunicorn._core.settings import Settings, SettingsError
 
-NUMERIC = ["shutdown_delay", "shutdown_callback_timeout", "quick_shutdown_timeout"]
+NUMERIC = [
+    "shutdown_delay",
+    "shutdown_callback_timeout",
+    "quick_shutdown_timeout",
+    "reload_ready_timeout",
+]
 
 BAD_NUMBERS = ["abc", -1, "nan", "inf", 1e9, True]
 
@@ -32,12 +37,14 @@ def test_defaults() -> None:
     assert settings.readiness_path is None
     assert settings.shutdown_callback_timeout == 5.0
     assert settings.quick_shutdown_timeout == 2.0
+    assert settings.reload_ready_timeout == 30.0
     assert Settings.names() == [
         "shutdown_delay",
         "readiness_path",
         "shutdown_callback_timeout",
         "quick_shutdown_timeout",
         "shutdown_report_path",
+        "reload_ready_timeout",
     ]
 
 

@@ -42,6 +42,9 @@ class Settings:
     quick_shutdown_timeout: float = 2.0
     #: File the master writes the JSON shutdown report to (it is always logged too).
     shutdown_report_path: str | None = None
+    #: On SIGHUP, how long the old workers keep serving while the new ones load the
+    #: app; they stop once every new worker is ready, or this late (0: at once).
+    reload_ready_timeout: float = 30.0
     #: The names that were set (in the config or the environment), not defaulted.
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 

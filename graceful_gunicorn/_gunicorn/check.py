@@ -105,6 +105,14 @@ class Timeline:
             spare = self.grace_period - self.master_deadline
             verdict = f"{spare:g}s to spare" if spare >= 0 else "TOO SHORT"
             lines.append(f"{self.grace_period:7.1f}s  platform grace period: {verdict}")
+        lines.append(
+            "reload (SIGHUP): the old workers serve until the new ones have loaded the app"
+            + (
+                f", at most reload_ready_timeout={s.reload_ready_timeout:g}s"
+                if s.reload_ready_timeout
+                else " (reload_ready_timeout=0: they stop at once)"
+            )
+        )
         quick = quick_budget(s.quick_shutdown_timeout, self.graceful_timeout)
         lines.append(
             f"quick stop (SIGINT/SIGQUIT) and worker timeout: on_shutdown and after_shutdown "

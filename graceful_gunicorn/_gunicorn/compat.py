@@ -26,7 +26,8 @@ VERSION: tuple[int, ...] = tuple(gunicorn.version_info)
 #: them, by the class that defines it (gunicorn/workers/base.py, sync.py,
 #: gthread.py, ggevent.py; an instance's attributes are set in ``__init__``).
 #: gthread's lock guards its poller before 24; from 24 on, a method queue
-#: (``PollableMethodQueue``) hands work to its main loop instead.
+#: (``PollableMethodQueue``) hands work to its main loop instead, and the
+#: kept-alive connections are ``keepalived_conns`` (``_keep`` before).
 WORKER_INTERNALS: dict[str, tuple[str, ...]] = {
     "gunicorn.workers.base.Worker": (
         "init_signals",
@@ -48,10 +49,9 @@ WORKER_INTERNALS: dict[str, tuple[str, ...]] = {
         "run",
         "finish_request",
         "murder_keepalived",
-        "keepalived_conns",
         "nr_conns",
         "poller",
-        *(("_lock",) if VERSION < (24, 0) else ("method_queue",)),
+        *(("_lock",) if VERSION < (24, 0) else ("method_queue", "keepalived_conns")),
     ),
     "gunicorn.workers.ggevent.GeventWorker": (
         "run",
@@ -61,6 +61,29 @@ WORKER_INTERNALS: dict[str, tuple[str, ...]] = {
         "timeout_ctx",
     ),
 }
+
+#: gunicorn 24+ waits inside ``Arbiter.reload`` for the old workers to exit, up to
+#: ``graceful_timeout``, reaping every 0.1 s, before its loop runs again
+#: (arbiter.py ``reload``: "wait for old workers to terminate"); earlier ones return.
+RELOAD_WAITS_FOR_OLD_WORKERS = VERSION >= (24, 0)
+
+
+def make_newest(server: Any, pids: list[int]) -> None:
+    """Make the workers ``pids`` the newest of ``server``, in their order.
+
+    gunicorn tells old from new workers by ``age``, its spawn counter: on too
+    many workers it stops the lowest ages first (arbiter.py ``manage_workers``),
+    and 24+ ends its reload's wait when every worker is newer than the reload
+    (``reload``: ``oldest > last_worker_age``). After a failed reload the old
+    workers are the server again: given the newest ages, they are the ones kept,
+    and gunicorn's wait ends. All versions.
+    """
+    for pid in pids:
+        worker = server.WORKERS.get(pid)
+        if worker is not None:
+            server.worker_age += 1
+            worker.age = server.worker_age
+
 
 #: gunicorn 25+ reads SIGINT/SIGQUIT while its master waits for the workers in
 #: ``Arbiter.stop`` ("Quick shutdown requested"), passes SIGQUIT on and SIGKILLs

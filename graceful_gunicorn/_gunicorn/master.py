@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._core.settings import Settings, SettingsError
 from . import compat, master_state, worker_reports
+from .reload_gate import ReloadGate
 from .server_settings import settings_in_force
 from .summary import MasterStopRecord, report
 
@@ -73,6 +74,9 @@ class MasterStop:
         self._kill_worker: Callable[[int, int], None] = server.kill_worker
         #: The last SIGINT/SIGQUIT gunicorn queued: its own stop() relays either as SIGQUIT.
         self._quick_signal = "SIGQUIT"
+        #: The last reload's gate, while it holds the old workers.
+        self.reload_gate: ReloadGate | None = None
+        self._in_reload = False
 
     @classmethod
     def install(
@@ -183,13 +187,31 @@ class MasterStop:
             self.log.warning("graceful_gunicorn: SIGHUP ignored, the server is stopping")
             return
         self.state.next_generation()
-        self._hup()
+        timeout = self._settings().reload_ready_timeout
+        if timeout > 0:
+            self.reload_gate = ReloadGate(self.server, self.state, self.state.generation, timeout)
+        self._in_reload = True
+        try:
+            self._hup()
+        finally:
+            self._in_reload = False
+
+    def _update_reload_gate(self) -> bool:
+        """Whether the reload gate has just opened (the old workers may stop now)."""
+        gate = self.reload_gate
+        if gate is None:
+            return False
+        opened = gate.update()
+        if not gate.holding:
+            self.reload_gate = None
+        return opened
 
     def murder_workers(self) -> None:
         """Runs on every turn of the master's loop: end the delay when it is over."""
         if self.delay_until is not None and time.monotonic() >= self.delay_until:
             self.log.info("graceful_gunicorn: shutdown_delay over, stopping gracefully")
             self._begin(master_state.STOP_TERMINATE, self._term)
+        self._update_reload_gate()  # gunicorn's manage_workers comes next in its loop
         self._murder_workers()
 
     def reap_workers(self) -> None:
@@ -208,12 +230,24 @@ class MasterStop:
             counted = set(self.record.workers) if self.record is not None else set()
             if not self._stopping:
                 worker_reports.discard(before - set(self.server.WORKERS) - counted)
+        if (
+            self._in_reload
+            and compat.RELOAD_WAITS_FOR_OLD_WORKERS
+            and not self._stopping
+            and self._update_reload_gate()
+        ):
+            # gunicorn 24+ reaps in its reload's wait, from its main loop: send the
+            # old workers the SIGTERMs the gate held (arbiter.py reload).
+            self.server.manage_workers()
 
     def _begin(self, kind: int, gunicorn_handler: Callable[[], None]) -> None:
         if not self._stopping and self.record is not None:
             self.record.workers = sorted(self.server.WORKERS)
         self._stopping = True
         self.delay_until = None
+        if self.reload_gate is not None:
+            self.reload_gate.close()
+            self.reload_gate = None
         self.state.begin_stop(kind, time.monotonic())
         if kind == master_state.STOP_TERMINATE and compat.MASTER_DEAF_WHILE_STOPPING:
             for sig in (signal.SIGINT, signal.SIGQUIT):
@@ -255,6 +289,9 @@ class MasterStop:
         fewer workers), recorded first so that the worker need not wait to tell it
         from a SIGTERM to the whole process group (arbiter.py manage_workers)."""
         if sig == signal.SIGTERM and not self._stopping:
+            gate = self.reload_gate
+            if gate is not None and gate.holds(pid):
+                return  # an old worker serves until the new ones are ready
             self.state.note_recycle(pid)
         self._kill_worker(pid, sig)
 

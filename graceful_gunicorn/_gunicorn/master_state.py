@@ -16,6 +16,8 @@ import fcntl
 import mmap
 import struct
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .process_state import STATE
 
@@ -42,6 +44,18 @@ _ESCALATED = _RELAYED_AT + _RELAYED.size
 # first quick-stop signal it got (SIGINT or SIGQUIT; 0: none yet).
 _RELAYS = _ESCALATED + 1
 _FIRST_QUICK = _RELAYS + 1
+# Then the reload gate (reload_gate.py): the generation whose readiness holds the
+# old workers (0: none), the newest generation with a ready worker and how many of
+# its workers are ready, the newest generation one of whose workers began to log
+# its failure to boot, and the newest generation whose workers failed to boot.
+_GENERATION = struct.Struct("<Q")
+_GATE_AT = _FIRST_QUICK + 1
+_READY_GENERATION_AT = _GATE_AT + _GENERATION.size
+_READY_COUNT = struct.Struct("<H")
+_READY_COUNT_AT = _READY_GENERATION_AT + _GENERATION.size
+_CLAIMED_GENERATION_AT = _READY_COUNT_AT + _READY_COUNT.size
+_FAILED_GENERATION_AT = _CLAIMED_GENERATION_AT + _GENERATION.size
+_SIZE = _FAILED_GENERATION_AT + _GENERATION.size
 
 
 class MasterState:
@@ -49,7 +63,7 @@ class MasterState:
 
     def __init__(self) -> None:
         # Anonymous and MAP_SHARED: the forked workers see the master's writes.
-        self._map = mmap.mmap(-1, _FIRST_QUICK + 1)
+        self._map = mmap.mmap(-1, _SIZE)
         # An unlinked file whose POSIX record lock (per process, unlike flock's,
         # which forked workers would share) makes claim_boot_failure atomic.
         self._lock = tempfile.TemporaryFile()
@@ -146,6 +160,59 @@ class MasterState:
         """Whether the master's graceful stop turned quick inside gunicorn's ``stop()``."""
         return self._map[_ESCALATED] != 0
 
+    def _generation_at(self, offset: int) -> int:
+        return int(_GENERATION.unpack_from(self._map, offset)[0])
+
+    def hold_reload(self, generation: int) -> None:
+        """From the master: the old workers serve until ``generation`` is ready (0: none)."""
+        _GENERATION.pack_into(self._map, _GATE_AT, generation)
+
+    @property
+    def reload_gate(self) -> int:
+        """The generation whose readiness the old workers wait for (0: none)."""
+        return self._generation_at(_GATE_AT)
+
+    def mark_ready(self, generation: int) -> None:
+        """From a worker of ``generation``: it loaded the app and is about to serve."""
+        with self._locked():
+            ready_generation = self._generation_at(_READY_GENERATION_AT)
+            if generation < ready_generation:
+                return
+            count = _READY_COUNT.unpack_from(self._map, _READY_COUNT_AT)[0]
+            count = count + 1 if generation == ready_generation else 1
+            _GENERATION.pack_into(self._map, _READY_GENERATION_AT, generation)
+            _READY_COUNT.pack_into(self._map, _READY_COUNT_AT, min(count, 0xFFFF))
+
+    def ready_in(self, generation: int) -> int:
+        """How many workers of ``generation`` became ready."""
+        if self._generation_at(_READY_GENERATION_AT) != generation:
+            return 0
+        return int(_READY_COUNT.unpack_from(self._map, _READY_COUNT_AT)[0])
+
+    def claim_reload_failure(self, generation: int) -> bool:
+        """From a worker of ``generation`` that could not load the app: whether it is
+        the first of its generation (the one that logs why)."""
+        with self._locked():
+            first = self._generation_at(_CLAIMED_GENERATION_AT) != generation
+            _GENERATION.pack_into(self._map, _CLAIMED_GENERATION_AT, generation)
+        return first
+
+    def note_reload_failure(self, generation: int) -> None:
+        """From a worker of ``generation`` that could not load the app, once it logged."""
+        _GENERATION.pack_into(self._map, _FAILED_GENERATION_AT, generation)
+
+    def reload_failed(self, generation: int) -> bool:
+        """Whether a worker of ``generation`` could not load the app."""
+        return self._generation_at(_FAILED_GENERATION_AT) == generation
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        fcntl.lockf(self._lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._lock, fcntl.LOCK_UN)
+
     def claim_boot_failure(self) -> bool:
         """From a worker whose app cannot work: whether it is the one to say so.
 
@@ -153,12 +220,9 @@ class MasterState:
         boot-error exit stop the server, where several would have the master
         raise HaltServer again inside its own halt (arbiter.py reap_workers).
         """
-        fcntl.lockf(self._lock, fcntl.LOCK_EX)
-        try:
+        with self._locked():
             first = self._map[_BOOT_FAILED] == 0
             self._map[_BOOT_FAILED] = 1
-        finally:
-            fcntl.lockf(self._lock, fcntl.LOCK_UN)
         return first
 
     def begin_stop(self, kind: int, at: float) -> None:

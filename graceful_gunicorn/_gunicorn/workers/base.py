@@ -84,7 +84,11 @@ class GracefulWorkerMixin(_Base):
 
     def load_wsgi(self) -> None:
         """Load the app, then find its lifecycle or give it one."""
-        super().load_wsgi()
+        try:
+            super().load_wsgi()
+        except Exception:
+            self._leave_a_failed_reload()
+            raise
         lifecycle: Lifecycle | None = find_lifecycle(self.wsgi)
         if lifecycle is None:
             counted = WSGILifecycle()
@@ -116,6 +120,23 @@ class GracefulWorkerMixin(_Base):
             sum(len(lifecycle.callbacks(phase)) for phase in PHASES),
             apps,
         )
+        if state is not None:
+            state.mark_ready(self.generation)  # a reload's gate counts it
+
+    def _leave_a_failed_reload(self) -> None:
+        """The app cannot be loaded by a reload's new worker: exit quietly, so that
+        gunicorn does not halt a server whose old workers serve (reload_gate.py)."""
+        state = master_state.current()
+        if state is None or state.reload_gate != self.generation or self.generation == 0:
+            return  # a first boot, or no reload waits for us: gunicorn halts, as it does
+        if state.claim_reload_failure(self.generation):
+            self.log.exception(
+                "graceful_gunicorn: worker %s of the reload cannot load the app; "
+                "the old workers keep serving",
+                os.getpid(),
+            )
+        state.note_reload_failure(self.generation)
+        sys.exit(0)
 
     def _refuse_or_serve_anyway(self, state: master_state.MasterState | None, problem: str) -> None:
         """The app's callbacks cannot fit: stop the server, unless it already serves."""

@@ -1,0 +1,158 @@
+"""Reloads that never make a client wait for a worker to boot (the reload gate).
+
+Real gunicorn masters and workers on 127.0.0.1, real SIGHUPs, an app that takes
+seconds to import; each scenario runs on plain gunicorn too, with the same load.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import WORKER_CLASSES
+from .load import Load, LoadResult
+from .scenarios import GRACEFUL, worker_args
+from .server import Gunicorn, http_get, process_gone, wait_until
+
+SLOW_APP = "tests.apps.slow_boot_app:app"
+#: The scenario of the issue: the app imports for 3 s, two SIGHUPs 7 s apart.
+BOOT_SECONDS = 3.0
+BETWEEN_RELOADS = 7.0
+
+
+def _booted(server: Gunicorn) -> list[int]:
+    return server.worker_pids()
+
+
+def _running_workers(server: Gunicorn) -> set[int]:
+    """The master's children that have not exited (Linux /proc)."""
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    return {int(pid) for pid in children if not process_gone(int(pid))}
+
+
+def _new_generation_serves(server: Gunicorn, booted_before: int) -> bool:
+    """Whether only the workers booted after ``booted_before`` are left, and one answers."""
+    new = set(_booted(server)[booted_before:])
+    if len(new) < 2 or not _running_workers(server) <= new:
+        return False
+    response = http_get(server.port, "/hello", 10)
+    return response.ok and int(response.body) in new
+
+
+def _reload_twice_under_load(server: Gunicorn) -> LoadResult:
+    server.wait_ready(workers=2, path="/hello", timeout=30)
+    load = Load(server.port, "/hello", connections=8, max_seconds=90).start()
+    wait_until(lambda: load.result.sent >= 50, 20, "the load to run")
+    server.signal(signal.SIGHUP)
+    time.sleep(BETWEEN_RELOADS)  # the scenario: the second reload comes 7 s later
+    booted = len(_booted(server))
+    server.signal(signal.SIGHUP)
+    wait_until(lambda: len(_booted(server)) >= booted + 2, 30, "the second reload's workers")
+    wait_until(lambda: _new_generation_serves(server, booted), 40, "the second reload")
+    return load.stop()
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_a_reload_keeps_the_old_workers_serving_until_the_new_ones_are_ready(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. an app that imports for 3 s, 2 workers, 8 keep-alive clients 2. SIGHUP,
+    and again 7 s later 3. until the second reload's workers serve.
+
+    Result: graceful_gunicorn fails no request and none takes a second (the old
+    workers serve while the new ones import); plain gunicorn's figures beside it
+    (its clients wait for the import, and before 24 some requests fail).
+    """
+    env = {"BOOT_SECONDS": str(BOOT_SECONDS)}
+    results = {}
+    for side, config in (("plain", []), ("graceful", GRACEFUL)):
+        server = gunicorn([*config, *worker_args(worker_class), SLOW_APP], env)
+        results[side] = _reload_twice_under_load(server)
+        if side == "graceful":
+            log = server.log()
+            assert len(re.findall(r"reload: 2 new worker\(s\) ready after", log)) == 2, log
+            assert "reload_ready_timeout=30s; stopping" not in log
+        server.stop()
+    plain, graceful = results["plain"], results["graceful"]
+    print(
+        f"{worker_class} reload of a 3 s boot: plain sent {plain.sent}, failed {plain.failed} "
+        f"{dict(plain.errors)}, slowest {plain.slowest:.2f}s, {plain.over_one_second} over 1 s; "
+        f"graceful sent {graceful.sent}, failed {graceful.failed} {dict(graceful.errors)}, "
+        f"slowest {graceful.slowest:.2f}s, {graceful.over_one_second} over 1 s"
+    )
+    assert graceful.failed == 0, graceful.errors
+    assert graceful.over_one_second == 0, f"slowest {graceful.slowest:.2f}s"
+    assert graceful.sent >= plain.sent
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_a_reload_whose_app_cannot_load_leaves_the_old_workers_serving(
+    gunicorn: Callable[..., Gunicorn], worker_class: str, tmp_path: Path
+) -> None:
+    """1. serve, with a load 2. break the app (its import raises) and SIGHUP
+    3. fix it and SIGHUP again.
+
+    Result: plain gunicorn halts ("App failed to load" or "Worker failed to
+    boot"). graceful_gunicorn keeps the old workers serving, fails no request,
+    logs the failure once (one traceback, one line of the master's), and the
+    next SIGHUP with the fixed app reloads.
+    """
+    broken = tmp_path / "broken"
+    env = {"BOOT_SECONDS": "0.3", "BROKEN_MARKER": str(broken)}
+
+    plain = gunicorn([*worker_args(worker_class), SLOW_APP], env)
+    plain.wait_ready(workers=2, path="/hello", timeout=30)
+    broken.touch()
+    plain.signal(signal.SIGHUP)
+    plain_status = plain.wait_exit(40)
+    broken.unlink()
+
+    server = gunicorn([*GRACEFUL, *worker_args(worker_class), SLOW_APP], env)
+    server.wait_ready(workers=2, path="/hello", timeout=30)
+    old = _running_workers(server)
+    load = Load(server.port, "/hello", connections=4, max_seconds=90).start()
+    wait_until(lambda: load.result.sent >= 20, 20, "the load to run")
+    broken.touch()
+    server.signal(signal.SIGHUP)
+    wait_until(lambda: "reload failed" in server.log(), 30, "the failed reload")
+    wait_until(lambda: _running_workers(server) == old, 30, "the new workers to be gone")
+    served = http_get(server.port, "/hello", 10)
+    broken.unlink()
+    booted = len(_booted(server))
+    server.signal(signal.SIGHUP)
+    wait_until(lambda: _new_generation_serves(server, booted), 40, "the fixed reload")
+    result = load.stop()
+    log = server.log()
+
+    print(f"{worker_class}: plain exited {plain_status}; graceful {result}")
+    assert plain_status != 0
+    assert served.ok and int(served.body) in old
+    assert result.failed == 0, result.errors
+    assert log.count("Traceback") == 1, log
+    assert log.count("graceful_gunicorn: reload failed") == 1, log
+    assert "Worker failed to boot" not in log and "App failed to load" not in log
+    assert "reload: 2 new worker(s) ready after" in log
+
+
+def test_new_workers_that_are_not_ready_in_time_do_not_hold_the_old_ones(
+    gunicorn: Callable[..., Gunicorn],
+) -> None:
+    """1. reload_ready_timeout=1, an app that imports for 4 s 2. SIGHUP.
+
+    Result: the old workers stop 1 s after the SIGHUP (with reason reload),
+    with a warning that names the setting; the new workers then serve.
+    """
+    env = {"BOOT_SECONDS": "4", "GRACEFUL_RELOAD_READY_TIMEOUT": "1"}
+    server = gunicorn([*GRACEFUL, *worker_args("sync"), SLOW_APP], env)
+    server.wait_ready(workers=2, path="/hello", timeout=30)
+    booted = len(_booted(server))
+    server.signal(signal.SIGHUP)
+    wait_until(lambda: "reload_ready_timeout=1s; stopping" in server.log(), 10, "the warning")
+    assert not re.search(r"reload: \d+ new worker\(s\) ready after \d", server.log())
+    wait_until(lambda: "shutdown started (reason reload" in server.log(), 10, "the old ones' stop")
+    wait_until(lambda: _new_generation_serves(server, booted), 30, "the new workers")
