@@ -266,3 +266,58 @@ def test_reload_waits_for_old_workers_when_its_source_has_the_wait_loop() -> Non
     # Both: the old workers' SIGTERMs come from manage_workers, through kill_worker.
     assert "self.manage_workers()" in reload
     assert "self.kill_worker(pid, signal.SIGTERM)" in _source(Arbiter.manage_workers)
+
+
+def test_load_wsgi_sets_the_app_that_the_mixin_reads_after_it() -> None:
+    assert "self.wsgi = self.app.wsgi()" in _source(worker_base.Worker.load_wsgi)
+
+
+#: The attributes the graceful workers add to gunicorn's worker objects.
+_ADDED = {
+    "shutdown",
+    "generation",
+    # GracefulThread
+    "_serving",
+    "_finishing",
+    "_lingered",
+    "_linger_until",
+    "_defer_while_open",
+    # GracefulGevent
+    "_connections",
+    "_stop_requested",
+    "_listener_names",
+    "_stopped_at",
+    "_close_idle_by",
+}
+
+
+def _graceful_classes() -> list[tuple[type, type]]:
+    from gunicorn.workers.sync import SyncWorker
+
+    from graceful_gunicorn._gunicorn.workers.gthread import GracefulThread
+    from graceful_gunicorn._gunicorn.workers.sync import GracefulSync
+
+    pairs: list[tuple[type, type]] = [
+        (GracefulSync, SyncWorker),
+        (GracefulThread, gthread.ThreadWorker),
+    ]
+    if importlib.util.find_spec("gevent") is not None:
+        from gunicorn.workers.ggevent import GeventWorker
+
+        from graceful_gunicorn._gunicorn.workers.ggevent import GracefulGevent
+
+        pairs.append((GracefulGevent, GeventWorker))
+    return pairs
+
+
+@pytest.mark.parametrize(("ours", "theirs"), _graceful_classes(), ids=lambda c: c.__name__)
+def test_the_attributes_the_graceful_workers_add_are_not_gunicorns(
+    ours: type, theirs: type
+) -> None:
+    """A gunicorn that gains a ``shutdown`` method (or any name we add) fails here:
+    ours would hide it. The list is complete: every attribute our workers set is in it."""
+    mine, gunicorns = _instance(ours), _instance(theirs)
+    added = set(vars(mine)) - set(vars(gunicorns))
+    assert added <= _ADDED, f"add {sorted(added - _ADDED)} to _ADDED"
+    taken = sorted(n for n in _ADDED if n in vars(gunicorns) or hasattr(theirs, n))
+    assert taken == [], f"gunicorn {gunicorn.__version__} has {taken} of its own"

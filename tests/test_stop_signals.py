@@ -107,3 +107,19 @@ def test_a_second_quick_signal_exits_and_the_masters_relay_does_not(
     state.count_quick_relay()
     assert signals.quick(signal.SIGQUIT, now) is Decision.NOTHING  # the master's relay
     assert signals.quick(signal.SIGQUIT, now + 1) is Decision.EXIT_NOW  # Ctrl+\
+
+
+def test_a_quick_signal_during_the_settle_is_run_however_the_master_explains(
+    state: master_state.MasterState,
+) -> None:
+    """A SIGTERM by hand, then Ctrl+C while the worker waits for the master's word,
+    then the master begins its shutdown_delay: the quick stop runs at once (it was
+    withdrawn with the SIGTERM, in a busy loop, and later run as a terminate)."""
+    signals = StopSignals(state.generation)
+    assert signals.sigterm() is Decision.START  # unexplained: a recycle, to be settled
+    assert signals.stop("quick", "SIGINT") is Decision.ESCALATE
+    state.announce_going_away()
+    began = time.monotonic()
+    assert signals.settle(30.0) == "quick"
+    assert time.monotonic() - began < 1.0
+    assert signals.settle(30.0) == "quick"

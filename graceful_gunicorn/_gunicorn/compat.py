@@ -6,7 +6,8 @@ gunicorn installed, in every environment of the tox matrix, so that a gunicorn
 release that breaks an assumption fails a test named after it, not a timing
 scenario. What the graceful workers override or read as subclasses of
 gunicorn's is named in :data:`WORKER_INTERNALS`; the test checks that each
-exists on the gunicorn installed, and that no override is missing from it.
+exists on the gunicorn installed, that no override is missing from it, and
+that none of the attributes the graceful workers add is gunicorn's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ VERSION: tuple[int, ...] = tuple(gunicorn.version_info)
 
 #: What the graceful workers override in gunicorn's worker classes, or read from
 #: them, by the class that defines it (gunicorn/workers/base.py, sync.py,
-#: gthread.py, ggevent.py; an instance's attributes are set in ``__init__``).
+#: gthread.py, ggevent.py; an instance's attributes are set in ``__init__``,
+#: but for ``wsgi``, which ``Worker.load_wsgi`` sets and the mixin reads after it).
 #: gthread's lock guards its poller before 24; from 24 on, a method queue
 #: (``PollableMethodQueue``) hands work to its main loop instead, and the
 #: kept-alive connections are ``keepalived_conns`` (``_keep`` before).

@@ -7,7 +7,8 @@ and ``pkill`` (each process in turn) thus reach a worker twice: its own signal
 and the master's SIGQUIT, in either order, however late a busy master runs. The
 master counts the SIGQUITs it begins to send and notes the first quick signal
 it got (``master_state``); where that cannot tell, in doubt it is one stop: a
-user can press again. This module decides; the worker's handler acts.
+user can press again. This module decides;
+:class:`.stop_signals.StopSignals` turns it into the worker's decision.
 """
 
 from __future__ import annotations

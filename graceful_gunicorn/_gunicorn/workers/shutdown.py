@@ -8,7 +8,9 @@ wakes on that byte and runs :meth:`ShutdownSequence.run
 <graceful_gunicorn._core.sequence.ShutdownSequence.run>` with what this
 server does differently: gunicorn's own stop, its drain shortened to our drain
 budget, and "drained" meaning that gunicorn's loop has returned. Then it makes
-sure the process is gone before the master's deadline.
+sure the process is gone before the master's deadline. A quick stop
+(``SIGINT``/``SIGQUIT``) and an abort (worker timeout) skip ``before_shutdown``
+and the drain, and give the other callbacks ``quick_shutdown_timeout``.
 
 Every wait sends the master a heartbeat, so its ``timeout`` never kills a
 worker that is stopping on purpose.
@@ -320,7 +322,7 @@ class WorkerShutdown:
                 "graceful_gunicorn: shutdown started (reason %s, signal %s, pid %s): "
                 "%.2fs left, %d request(s) in flight, drain until %.2fs, "
                 "%.2fs kept for callbacks; plan: %s",
-                reason,
+                sequence.reason,  # quick, should a quick signal have come meanwhile
                 self.signals.signal_name or "none",
                 os.getpid(),
                 sequence.remaining(),
@@ -378,7 +380,8 @@ class WorkerShutdown:
             )
 
     def _make_sure_we_exit(self, sequence: ShutdownSequence) -> None:
-        """5. The main thread may be stuck in a request; the process must still end.
+        """After the callbacks: the main thread may be stuck in a request; the
+        process must still end.
 
         Python joins non-daemon threads before it exits; one that a callback or
         the app left running (or a hung ``worker_exit`` hook) must not hold the

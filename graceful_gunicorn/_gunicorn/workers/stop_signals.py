@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from enum import Enum
 
@@ -72,7 +73,9 @@ class StopSignals:
     """The stop signals one worker got, and the shutdown they ask for.
 
     Written from the main thread's signal handlers (flags only: they may run in
-    the middle of a request) and read by the runner's thread.
+    the middle of a request) and from the shutdown thread (a SIGTERM it read
+    from the wakeup pipe, the settle, a withdrawal); each check-then-write holds
+    a re-entrant lock, so that a quick signal is never written over.
     """
 
     def __init__(self, generation: int) -> None:
@@ -87,6 +90,8 @@ class StopSignals:
         #: Whether the settle's wait saw the master hold its SIGTERM unhandled.
         self._master_was_held = False
         self._ignored_sigterm = False
+        # Re-entrant: a handler may run inside another one in the main thread.
+        self._lock = threading.RLock()
 
     @property
     def reason(self) -> Reason | None:
@@ -105,17 +110,18 @@ class StopSignals:
 
     def stop(self, reason: Reason, signal_name: str | None = None) -> Decision:
         """A shutdown for ``reason``; a quick reason during a graceful one escalates it."""
-        if self._reason is None:
-            self._started_at = time.monotonic()
-            self._reason = reason
-            self._signal_name = signal_name
-            return Decision.START
-        if reason in QUICK_REASONS and self._reason not in QUICK_REASONS:
-            # A runner that has not begun its sequence yet begins it quick.
-            self._reason = reason
-            self._signal_name = signal_name
-            return Decision.ESCALATE
-        return Decision.NOTHING
+        with self._lock:
+            if self._reason is None:
+                self._started_at = time.monotonic()
+                self._signal_name = signal_name  # before the reason: read without the lock
+                self._reason = reason
+                return Decision.START
+            if reason in QUICK_REASONS and self._reason not in QUICK_REASONS:
+                # A runner that has not begun its sequence yet begins it quick.
+                self._signal_name = signal_name
+                self._reason = reason
+                return Decision.ESCALATE
+            return Decision.NOTHING
 
     def sigterm(self, signal_name: str = "SIGTERM") -> Decision:
         """SIGTERM: a shutdown for the reason the master recorded.
@@ -124,14 +130,15 @@ class StopSignals:
         whole process group reaches the workers too, and the master sends its
         own when the delay is over.
         """
-        if self._reason is not None:
-            return Decision.NOTHING
-        if _master_holds_delay():
-            self._ignored_sigterm = True
-            return Decision.IGNORED
-        reason = self.term_reason()
-        self._unsettled = reason == "recycle"
-        return self.stop(reason, signal_name)
+        with self._lock:
+            if self._reason is not None:
+                return Decision.NOTHING
+            if _master_holds_delay():
+                self._ignored_sigterm = True
+                return Decision.IGNORED
+            reason = self.term_reason()
+            self._unsettled = reason == "recycle"
+            return self.stop(reason, signal_name)
 
     def quick(self, sig: int, now: float) -> Decision:
         """SIGINT/SIGQUIT ``sig``, whose handler began at ``now``."""
@@ -169,6 +176,9 @@ class StopSignals:
         the SIGTERM is withdrawn (the master holds ``shutdown_delay``)."""
         reason = self._reason
         assert reason is not None  # the runner settles a stop that was asked for
+        if reason in QUICK_REASONS:
+            self._unsettled = False  # a quick stop needs no word of the master's
+            return reason
         if not self._unsettled:
             return reason
         state = master_state.current()
@@ -209,11 +219,12 @@ class StopSignals:
         return reason
 
     def _withdraw(self) -> None:
-        if self._reason in QUICK_REASONS:
-            return  # a quick signal came meanwhile: it stands
-        self._reason = None
-        self._signal_name = None
-        self._unsettled = False
+        with self._lock:
+            if self._reason in QUICK_REASONS:
+                return  # a quick signal came meanwhile: it stands (settle runs it)
+            self._reason = None
+            self._signal_name = None
+            self._unsettled = False
 
 
 __all__ = ["REASON_SETTLE", "Decision", "StopSignals"]
