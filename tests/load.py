@@ -26,6 +26,8 @@ class LoadResult:
     slowest: float = 0.0
     #: How many requests took longer than a second.
     over_one_second: int = 0
+    #: When each of those was sent (wall clock, as in gunicorn's log) and how long it took.
+    slow: list[str] = field(default_factory=list)
 
 
 class Load:
@@ -67,10 +69,12 @@ class Load:
         for _ in range(self.per_connection):
             if self._stop.is_set() or time.monotonic() > deadline:
                 break
+            reused = connection is not None
             if connection is None:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
             error = None
             began = time.monotonic()
+            sent_at = time.strftime("%H:%M:%S")
             try:
                 connection.request("GET", self.path)
                 response = connection.getresponse()
@@ -88,7 +92,9 @@ class Load:
             with self._lock:
                 self.result.sent += 1
                 self.result.slowest = max(self.result.slowest, took)
-                self.result.over_one_second += took > 1.0
+                if took > 1.0:
+                    self.result.over_one_second += 1
+                    self.result.slow.append(f"{sent_at} {took:.2f}s reused={reused}")
                 if error is not None:
                     self.result.failed += 1
                     self.result.errors[error] += 1

@@ -276,6 +276,7 @@ def test_load_wsgi_sets_the_app_that_the_mixin_reads_after_it() -> None:
 _ADDED = {
     "shutdown",
     "generation",
+    "reload_gated",
     # GracefulThread
     "_serving",
     "_finishing",

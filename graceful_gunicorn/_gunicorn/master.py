@@ -77,6 +77,7 @@ class MasterStop:
         #: The last reload's gate, while it holds the old workers.
         self.reload_gate: ReloadGate | None = None
         self._in_reload = False
+        self._reload_wait_ended = False
 
     @classmethod
     def install(
@@ -94,14 +95,17 @@ class MasterStop:
         if getattr(server, _INSTALLED, None) is not None:
             return None
         stop = cls(server, state)
-        if before_spawn is not None:
-            spawn = server.spawn_worker
+        spawn = server.spawn_worker
 
-            def spawn_worker() -> Any:
+        def spawn_worker() -> Any:
+            if before_spawn is not None:
                 before_spawn(server)
-                return spawn()
+            # The config is the reloaded one now: the worker made next reads the gate.
+            if stop.reload_gate is not None:
+                stop.reload_gate.resolve()
+            return spawn()
 
-            compat.replace_handlers(server, {"spawn_worker": spawn_worker})
+        compat.replace_handlers(server, {"spawn_worker": spawn_worker})
         object.__setattr__(server, _INSTALLED, stop)
         compat.replace_handlers(
             server,
@@ -187,30 +191,34 @@ class MasterStop:
             self.log.warning("graceful_gunicorn: SIGHUP ignored, the server is stopping")
             return
         self.state.next_generation()
-        timeout = self._settings().reload_ready_timeout
-        if timeout > 0:
-            self.reload_gate = ReloadGate(self.server, self.state, self.state.generation, timeout)
+        self.reload_gate = ReloadGate(
+            self.server,
+            self.state,
+            self.state.generation,
+            lambda: self._settings().reload_ready_timeout,
+        )
+        self._reload_wait_ended = False
         self._in_reload = True
         try:
             self._hup()
         finally:
             self._in_reload = False
 
-    def _update_reload_gate(self) -> bool:
-        """Whether the reload gate has just opened (the old workers may stop now)."""
+    def _update_reload_gate(self) -> None:
         gate = self.reload_gate
         if gate is None:
-            return False
-        opened = gate.update()
+            return
+        gate.update()
         if not gate.holding:
             self.reload_gate = None
-        return opened
 
     def murder_workers(self) -> None:
         """Runs on every turn of the master's loop: end the delay when it is over."""
         if self.delay_until is not None and time.monotonic() >= self.delay_until:
             self.log.info("graceful_gunicorn: shutdown_delay over, stopping gracefully")
             self._begin(master_state.STOP_TERMINATE, self._term)
+        if self.reload_gate is not None and not self._in_reload:
+            self.reload_gate.next_turn()
         self._update_reload_gate()  # gunicorn's manage_workers comes next in its loop
         self._murder_workers()
 
@@ -230,15 +238,19 @@ class MasterStop:
             counted = set(self.record.workers) if self.record is not None else set()
             if not self._stopping:
                 worker_reports.discard(before - set(self.server.WORKERS) - counted)
-        if (
-            self._in_reload
-            and compat.RELOAD_WAITS_FOR_OLD_WORKERS
-            and not self._stopping
-            and self._update_reload_gate()
-        ):
-            # gunicorn 24+ reaps in its reload's wait, from its main loop: send the
-            # old workers the SIGTERMs the gate held (arbiter.py reload).
-            self.server.manage_workers()
+        if self._in_reload and compat.RELOAD_WAITS_FOR_OLD_WORKERS:
+            self._end_the_reload_wait()
+
+    def _end_the_reload_wait(self) -> None:
+        """gunicorn 24+ reaps in its reload's wait for the old workers, reading no
+        signal meanwhile: while the gate holds them, end that wait (arbiter.py
+        ``reload``), so that a SIGTERM or Ctrl+C is read at once."""
+        self._update_reload_gate()
+        if self.reload_gate is None or self._reload_wait_ended:
+            return
+        self._reload_wait_ended = True
+        in_order = sorted(self.server.WORKERS.items(), key=lambda item: item[1].age)
+        compat.make_newest(self.server, [pid for pid, _ in in_order])
 
     def _begin(self, kind: int, gunicorn_handler: Callable[[], None]) -> None:
         if not self._stopping and self.record is not None:

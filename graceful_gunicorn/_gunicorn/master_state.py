@@ -180,8 +180,10 @@ class MasterState:
                 return
             count = _READY_COUNT.unpack_from(self._map, _READY_COUNT_AT)[0]
             count = count + 1 if generation == ready_generation else 1
-            _GENERATION.pack_into(self._map, _READY_GENERATION_AT, generation)
+            # The count first: the master reads without the lock, and a new
+            # generation must never show the previous one's count.
             _READY_COUNT.pack_into(self._map, _READY_COUNT_AT, min(count, 0xFFFF))
+            _GENERATION.pack_into(self._map, _READY_GENERATION_AT, generation)
 
     def ready_in(self, generation: int) -> int:
         """How many workers of ``generation`` became ready."""

@@ -5,23 +5,29 @@ once, from ``manage_workers`` (arbiter.py ``reload``): while the new ones import
 the app, nobody accepts, and every client waits for that import (seconds, for an
 app with an ORM or a model to load). The gate holds those SIGTERMs until every
 new worker has loaded the app (each one says so in the shared state when it is
-about to serve), or ``reload_ready_timeout`` has passed (then with a warning).
+about to serve), or ``reload_ready_timeout`` has passed (then with a warning);
+gunicorn's loop asks again on each turn (``manage_workers``).
 
 If a new worker cannot load the app, the reload is given up: the old workers
-keep serving, the new ones that did boot are stopped, the first failure's
-traceback and one line of the master's are logged, and gunicorn's halt on a
-boot error, which would take the serving server down, does not happen (the
-worker exits with 0; :meth:`GracefulWorkerMixin.load_wsgi`).
+keep serving (given the newest ages, so that gunicorn keeps them), the new ones
+that did boot are stopped, the first failure's traceback and one line of the
+master's are logged, and gunicorn's halt on a boot error, which would take the
+serving server down, does not happen: a worker made while the gate held exits
+with 0 (:meth:`GracefulWorkerMixin.load_wsgi`). A worker made later (a
+recycle, a respawn) loads the new app as gunicorn's do, and halts the server
+if it cannot.
 
 gunicorn 24+ waits inside ``reload`` for the old workers to exit, up to
-``graceful_timeout``, reaping every 0.1 s (its loop does not run meanwhile):
-the gate opens from that reap there (:data:`compat.RELOAD_WAITS_FOR_OLD_WORKERS`).
+``graceful_timeout``, reading no signal meanwhile; while the gate holds, the
+master ends that wait at once (:func:`compat.make_newest` on every worker, in
+their order), so that its loop goes on reading signals and asking the gate.
 """
 
 from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -42,18 +48,28 @@ class ReloadGate:
     """Holds the old workers' SIGTERMs of one reload until the new generation is ready."""
 
     def __init__(
-        self, server: Arbiter, state: master_state.MasterState, generation: int, timeout: float
+        self,
+        server: Arbiter,
+        state: master_state.MasterState,
+        generation: int,
+        timeout: Callable[[], float],
     ) -> None:
         self.server = server
         self.state = state
         #: The new generation (the master's, after its SIGHUP).
         self.generation = generation
         self.started = time.monotonic()
-        self.until = self.started + timeout
-        self.timeout = timeout
-        #: ``None`` while the gate holds; ``"open"``, ``"timed out"`` or ``"failed"`` after.
+        #: ``reload_ready_timeout``, read once gunicorn has read the reloaded config.
+        self._timeout = timeout
+        self.timeout: float | None = None
+        #: ``None`` while the gate holds; ``"open"``, ``"timed out"``, ``"failed"``,
+        #: ``"closed"`` (the server stops) or ``"off"`` (``reload_ready_timeout=0``) after.
         self.outcome: str | None = None
         self._said_held = False
+        #: After a failed reload, the old workers until gunicorn's loop turns: its
+        #: pass that found the failure chose whom to stop by the ages before it.
+        self._kept: set[int] = set()
+        self._failed_this_turn = False
         state.hold_reload(generation)
 
     @property
@@ -62,22 +78,35 @@ class ReloadGate:
 
     @property
     def holding(self) -> bool:
-        """Whether the old workers still wait for the new ones; after a failed
-        reload, until the new ones are gone (gunicorn would stop the oldest)."""
-        if self.outcome == "failed":
-            return any(
-                worker_generation(w) == self.generation for w in self.server.WORKERS.values()
-            )
-        return self.outcome is None
+        """Whether the gate still holds a SIGTERM of gunicorn's."""
+        return self.outcome is None or self._failed_this_turn
+
+    def next_turn(self) -> None:
+        """gunicorn's loop begins a turn (``murder_workers``, then ``manage_workers``):
+        its reload is over; a worker made from now on is not this reload's."""
+        if self._failed_this_turn:
+            self._failed_this_turn = False
+            self._kept.clear()
+            self.state.hold_reload(0)
+
+    def resolve(self) -> None:
+        """Read ``reload_ready_timeout`` (gunicorn has read the reloaded config by the
+        time it forks the new workers); 0 opens the gate before they are made."""
+        if self.timeout is None:
+            self.timeout = self._timeout()
+            if self.timeout <= 0:
+                self._open("off")
 
     def holds(self, pid: int) -> bool:
         """Whether a SIGTERM that gunicorn sends worker ``pid`` now must wait."""
         self.update()
-        if not self.holding:
+        if pid in self._kept:
+            return True
+        if self.outcome is not None:
             return False
         generation = worker_generation(self.server.WORKERS.get(pid))
         held = generation is not None and generation < self.generation
-        if held and not self._said_held and self.outcome is None:
+        if held and not self._said_held:
             self._said_held = True
             self._log.info(
                 "graceful_gunicorn: reload: the old workers serve until the new ones have "
@@ -86,14 +115,15 @@ class ReloadGate:
             )
         return held
 
-    def update(self) -> bool:
-        """Look at the new workers; whether the gate has just opened."""
-        if self.outcome is not None:
-            return False
+    def update(self) -> None:
+        """Look at the new workers: open the gate once they are ready, or too late."""
+        self.resolve()
+        if self.outcome is not None or self.timeout is None:
+            return
         now = time.monotonic()
         if self.state.reload_failed(self.generation):
             self._fail()
-            return False
+            return
         ready = self.state.ready_in(self.generation)
         if ready >= self.server.num_workers:
             self._open("open")
@@ -103,8 +133,8 @@ class ReloadGate:
                 ready,
                 now - self.started,
             )
-            return True
-        if now >= self.until:
+            return
+        if now >= self.started + self.timeout:
             self._open("timed out")
             self._log.warning(
                 "graceful_gunicorn: reload: %d of %d new worker(s) ready after "
@@ -113,8 +143,6 @@ class ReloadGate:
                 self.server.num_workers,
                 self.timeout,
             )
-            return True
-        return False
 
     def close(self) -> None:
         """The server stops: nothing is held any more."""
@@ -125,17 +153,19 @@ class ReloadGate:
         self.state.hold_reload(0)
 
     def _fail(self) -> None:
-        # The old workers keep serving; the shared state keeps the gate, so that
-        # a later worker of this generation that cannot boot does not halt either.
+        # The shared gate stays until gunicorn's loop turns: a worker its reload
+        # still forks (the failure can come first) is this reload's too.
         self.outcome = "failed"
+        self._failed_this_turn = True
         self._log.error(
             "graceful_gunicorn: reload failed: a new worker could not load the app "
-            "(see its traceback); the old workers keep serving. Fix the app and send "
-            "SIGHUP again"
+            "(see its traceback); the old workers keep serving (a worker that replaces "
+            "one of them loads the new app). Fix the app and send SIGHUP again"
         )
         workers = sorted(self.server.WORKERS.items(), key=lambda item: item[1].age)
         old = [pid for pid, w in workers if (worker_generation(w) or 0) < self.generation]
-        compat.make_newest(self.server, old)
+        compat.make_newest(self.server, old)  # gunicorn now stops the new ones first
+        self._kept = set(old)
         for pid, worker in workers:
             if worker_generation(worker) == self.generation:
                 with suppress(OSError):

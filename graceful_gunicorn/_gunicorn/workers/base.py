@@ -70,6 +70,11 @@ class GracefulWorkerMixin(_Base):
         state = master_state.current()
         #: The reload generation the master made this worker in.
         self.generation = state.generation if state is not None else 0
+        #: Whether a reload's gate held the old workers when the master made this one:
+        #: then it may exit quietly if it cannot load the app (reload_gate.py).
+        self.reload_gated = (
+            state is not None and state.generation > 0 and state.reload_gate == state.generation
+        )
 
     def init_signals(self) -> None:
         """Create the shutdown runner first: our handlers need it."""
@@ -127,8 +132,8 @@ class GracefulWorkerMixin(_Base):
         """The app cannot be loaded by a reload's new worker: exit quietly, so that
         gunicorn does not halt a server whose old workers serve (reload_gate.py)."""
         state = master_state.current()
-        if state is None or state.reload_gate != self.generation or self.generation == 0:
-            return  # a first boot, or no reload waits for us: gunicorn halts, as it does
+        if state is None or not self.reload_gated:
+            return  # a first boot, a respawn: gunicorn halts, as it does
         if state.claim_reload_failure(self.generation):
             self.log.exception(
                 "graceful_gunicorn: worker %s of the reload cannot load the app; "
