@@ -287,6 +287,12 @@ class MasterStop:
             # may keep gunicorn from sending the SIGKILL.
             with suppress(Exception):
                 self.record.sigkilled = [p for p in sorted(self.server.WORKERS) if _running(p)]
+        if sig == signal.SIGTERM and self._stopping:
+            # gunicorn's stop() counts graceful_timeout from here, just before it
+            # signals the workers (arbiter.py stop: "limit = time.time() + ..."),
+            # which can be seconds after the SIGTERM: 25.3+ first stops its control
+            # socket server, joining its thread for up to 2 s (arbiter.py halt).
+            self.state.restart_stop_clock(time.monotonic())
         if sig == signal.SIGQUIT:
             self.state.count_quick_relay()
         self._kill_workers(sig)

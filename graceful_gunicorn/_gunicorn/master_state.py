@@ -235,6 +235,13 @@ class MasterState:
             stop_at = at
         self._write(max(kind, current), generation, stop_at)
 
+    def restart_stop_clock(self, at: float) -> None:
+        """From the master: its graceful stop's clock really starts at ``at`` (gunicorn
+        counts ``graceful_timeout`` from when it signals the workers)."""
+        kind, generation, _ = self._read()
+        if kind == STOP_TERMINATE:
+            self._write(kind, generation, at)
+
     def next_generation(self) -> None:
         """Record a reload."""
         kind, generation, stop_at = self._read()
