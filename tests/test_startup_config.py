@@ -109,6 +109,8 @@ def test_reload_with_a_bad_value_keeps_the_previous_settings(
     config.write_text("from graceful_gunicorn.conf import *\nshutdown_callback_timeout = 'abc'\n")
     server.signal(signal.SIGHUP)
     wait_until(lambda: server.graceful_workers_ready() == 2, 30, "the reloaded worker")
+    # The old worker stops once the new one is ready (the reload gate), not at once.
+    wait_until(lambda: len(server.callbacks("after_shutdown")) >= 1, 30, "the old worker's stop")
     log = server.log()
     assert "shutdown_callback_timeout must be a number of seconds" in log
     assert "the previous settings stay in force" in log
