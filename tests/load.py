@@ -40,10 +40,14 @@ class Load:
         connections: int = 16,
         max_seconds: float = 60.0,
         max_requests: int = 200_000,
+        pause: float = 0.0,
     ) -> None:
         self.port = port
         self.path = path
         self.max_seconds = max_seconds
+        #: Seconds each client waits after a response: a paced load leaves the CPUs
+        #: room, so that a slow request says the server made it wait, not the machine.
+        self.pause = pause
         self.per_connection = max(1, max_requests // connections)
         self.result = LoadResult()
         self._lock = threading.Lock()
@@ -89,6 +93,8 @@ class Load:
                 connection.close()
                 connection = None
             took = time.monotonic() - began
+            if self.pause:
+                self._stop.wait(self.pause)
             with self._lock:
                 self.result.sent += 1
                 self.result.slowest = max(self.result.slowest, took)

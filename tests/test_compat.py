@@ -277,6 +277,8 @@ _ADDED = {
     "shutdown",
     "generation",
     "reload_gated",
+    "flags",
+    "_alive",
     # GracefulThread
     "_serving",
     "_finishing",

@@ -46,7 +46,7 @@ def _new_generation_serves(server: Gunicorn, booted_before: int) -> bool:
 
 def _reload_twice_under_load(server: Gunicorn) -> LoadResult:
     server.wait_ready(workers=2, path="/hello", timeout=30)
-    load = Load(server.port, "/hello", connections=8, max_seconds=90).start()
+    load = Load(server.port, "/hello", connections=8, max_seconds=90, pause=0.01).start()
     wait_until(lambda: load.result.sent >= 50, 20, "the load to run")
     server.signal(signal.SIGHUP)
     time.sleep(BETWEEN_RELOADS)  # the scenario: the second reload comes 7 s later

@@ -13,6 +13,7 @@ NUMERIC = [
     "shutdown_callback_timeout",
     "quick_shutdown_timeout",
     "reload_ready_timeout",
+    "recycle_ready_timeout",
 ]
 
 BAD_NUMBERS = ["abc", -1, "nan", "inf", 1e9, True]
@@ -38,6 +39,7 @@ def test_defaults() -> None:
     assert settings.shutdown_callback_timeout == 5.0
     assert settings.quick_shutdown_timeout == 2.0
     assert settings.reload_ready_timeout == 30.0
+    assert settings.recycle_ready_timeout == 30.0
     assert Settings.names() == [
         "shutdown_delay",
         "readiness_path",
@@ -45,6 +47,7 @@ def test_defaults() -> None:
         "quick_shutdown_timeout",
         "shutdown_report_path",
         "reload_ready_timeout",
+        "recycle_ready_timeout",
     ]
 
 

@@ -7,7 +7,6 @@ test_awkward_signals.py.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from graceful_gunicorn._gunicorn import master_state, process_state
+from graceful_gunicorn._gunicorn.worker_flags import WorkerFlags
 from graceful_gunicorn._gunicorn.workers.stop_signals import Decision, StopSignals
 
 
@@ -73,8 +73,9 @@ def test_a_sigterm_during_the_masters_delay_is_ignored_once_logged(
 
 
 def test_a_recycle_the_master_announced_settles_at_once(state: master_state.MasterState) -> None:
-    state.note_recycle(os.getpid())
-    signals = StopSignals(state.generation)
+    flags = WorkerFlags()
+    flags.note_recycle()
+    signals = StopSignals(state.generation, flags)
     assert signals.sigterm() is Decision.START
     began = time.monotonic()
     assert signals.settle(30.0) == "recycle"

@@ -45,6 +45,9 @@ class Settings:
     #: On SIGHUP, how long the old workers keep serving while the new ones load the
     #: app; they stop once every new worker is ready, or this late (0: at once).
     reload_ready_timeout: float = 30.0
+    #: On ``max_requests``, how long the worker keeps serving while its replacement
+    #: loads the app; it stops once the replacement is ready, or this late (0: at once).
+    recycle_ready_timeout: float = 30.0
     #: The names that were set (in the config or the environment), not defaulted.
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 

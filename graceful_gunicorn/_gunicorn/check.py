@@ -113,6 +113,14 @@ class Timeline:
                 else " (reload_ready_timeout=0: they stop at once)"
             )
         )
+        lines.append(
+            "recycle (max_requests): the worker serves until its replacement has loaded the app"
+            + (
+                f", at most recycle_ready_timeout={s.recycle_ready_timeout:g}s"
+                if s.recycle_ready_timeout
+                else " (recycle_ready_timeout=0: it stops at once)"
+            )
+        )
         quick = quick_budget(s.quick_shutdown_timeout, self.graceful_timeout)
         lines.append(
             f"quick stop (SIGINT/SIGQUIT) and worker timeout: on_shutdown and after_shutdown "

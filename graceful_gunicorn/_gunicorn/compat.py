@@ -87,6 +87,15 @@ def make_newest(server: Any, pids: list[int]) -> None:
             worker.age = server.worker_age
 
 
+def make_oldest(server: Any, pid: int) -> None:
+    """Make worker ``pid`` the oldest of ``server``: with one worker too many,
+    gunicorn stops the lowest ``age`` first (arbiter.py ``manage_workers``, every
+    version; see :func:`make_newest`)."""
+    worker = server.WORKERS.get(pid)
+    if worker is not None:
+        worker.age = min(w.age for w in server.WORKERS.values()) - 1
+
+
 #: gunicorn 25+ reads SIGINT/SIGQUIT while its master waits for the workers in
 #: ``Arbiter.stop`` ("Quick shutdown requested"), passes SIGQUIT on and SIGKILLs
 #: the workers this many seconds later (arbiter.py ``stop``: ``limit =
@@ -247,9 +256,13 @@ __all__ = [
     "KNOWN_REQUEST_SMUGGLING",
     "MASTER_DEAF_WHILE_STOPPING",
     "MASTER_QUICK_LIMIT",
+    "RELOAD_WAITS_FOR_OLD_WORKERS",
     "VERSION",
+    "WORKER_INTERNALS",
     "close_after_response",
     "guard_method_queue",
+    "make_newest",
+    "make_oldest",
     "polled_connections",
     "replace_gevent_of_ggevent",
     "replace_handlers",

@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from .._core.settings import Settings, SettingsError
 from . import compat, master_state, worker_reports
+from .recycle_overlap import RecycleOverlap
 from .reload_gate import ReloadGate
 from .server_settings import settings_in_force
 from .summary import MasterStopRecord, report
+from .worker_flags import flags_of
 
 if TYPE_CHECKING:
     from gunicorn.arbiter import Arbiter
@@ -78,6 +80,12 @@ class MasterStop:
         self.reload_gate: ReloadGate | None = None
         self._in_reload = False
         self._reload_wait_ended = False
+        #: Workers at max_requests that serve until their replacement is ready.
+        self.recycles = RecycleOverlap(
+            server,
+            lambda: self._settings().recycle_ready_timeout,
+            lambda pid: self._kill_worker(pid, signal.SIGTERM),
+        )
 
     @classmethod
     def install(
@@ -220,6 +228,8 @@ class MasterStop:
         if self.reload_gate is not None and not self._in_reload:
             self.reload_gate.next_turn()
         self._update_reload_gate()  # gunicorn's manage_workers comes next in its loop
+        if not self._in_reload:
+            self.recycles.update(stopping=self.delay_until is not None or self._stopping)
         self._murder_workers()
 
     def reap_workers(self) -> None:
@@ -305,12 +315,17 @@ class MasterStop:
     def kill_worker(self, pid: int, sig: int) -> None:
         """gunicorn signals one worker: a SIGTERM outside a stop is a recycle (SIGTTOU,
         fewer workers), recorded first so that the worker need not wait to tell it
-        from a SIGTERM to the whole process group (arbiter.py manage_workers)."""
+        from a SIGTERM to the whole process group (arbiter.py manage_workers).
+        A worker at max_requests gets only the SIGTERM of its overlap."""
         if sig == signal.SIGTERM and not self._stopping:
             gate = self.reload_gate
             if gate is not None and gate.holds(pid):
                 return  # an old worker serves until the new ones are ready
-            self.state.note_recycle(pid)
+            if self.recycles.holds(pid):
+                return  # it serves until its replacement is ready, then gets ours
+            flags = flags_of(self.server.WORKERS.get(pid))
+            if flags is not None:
+                flags.note_recycle()
         self._kill_worker(pid, sig)
 
     def _relay_quick_stop(self, sig: int, frame: FrameType | None) -> None:

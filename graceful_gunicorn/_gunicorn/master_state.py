@@ -32,12 +32,10 @@ _LAYOUT = struct.Struct("<BB6xQd")
 # served); one of them failed to boot and stops the server.
 _BOOTED = _LAYOUT.size
 _BOOT_FAILED = _LAYOUT.size + 1
-# Then, written by the master: the pid of the last worker it sent SIGTERM to alone,
-# and when it last passed a quick stop on to its workers (monotonic).
-_RECYCLED = struct.Struct("<I")
-_RECYCLED_AT = _LAYOUT.size + 4
+# Then, written by the master: when it last passed a quick stop on to its workers
+# (monotonic).
 _RELAYED = struct.Struct("<d")
-_RELAYED_AT = _RECYCLED_AT + _RECYCLED.size
+_RELAYED_AT = _BOOT_FAILED + 1
 # Then one byte: the master's graceful stop turned quick inside gunicorn's stop().
 _ESCALATED = _RELAYED_AT + _RELAYED.size
 # Then two: how many times the master began to send its workers SIGQUIT, and the
@@ -81,6 +79,11 @@ class MasterState:
         """The shared memory itself: byte 0 is non-zero once the server is going away."""
         return self._map
 
+    @property
+    def going_away(self) -> bool:
+        """Whether the server is going away (from its SIGTERM on, delay included)."""
+        return self._map[0] != 0
+
     def announce_going_away(self) -> None:
         """From now on every worker reports not ready (readiness 503)."""
         self._map[0] = 1
@@ -113,14 +116,6 @@ class MasterState:
     def mark_worker_booted(self) -> None:
         """Record, from a worker, that it booted (its app loaded and checked)."""
         self._map[_BOOTED] = 1
-
-    def note_recycle(self, pid: int) -> None:
-        """From the master: it is about to send worker ``pid`` a SIGTERM of its own."""
-        _RECYCLED.pack_into(self._map, _RECYCLED_AT, pid & 0xFFFFFFFF)
-
-    def recycled(self, pid: int) -> bool:
-        """Whether the master's last SIGTERM to a single worker went to ``pid``."""
-        return bool(_RECYCLED.unpack_from(self._map, _RECYCLED_AT)[0] == pid)
 
     def note_quick_relay(self, at: float) -> None:
         """From the master: it has just sent its workers SIGQUIT (a quick stop)."""

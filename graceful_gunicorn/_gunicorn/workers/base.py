@@ -31,6 +31,7 @@ from ..._wsgi.discovery import find_lifecycle
 from ..._wsgi.lifecycle import Lifecycle as WSGILifecycle
 from .. import compat, master_state
 from ..server_settings import check_lifecycle_fits, settings_in_force
+from ..worker_flags import WorkerFlags
 from .shutdown import WorkerShutdown
 from .stop_signals import Decision
 
@@ -75,10 +76,51 @@ class GracefulWorkerMixin(_Base):
         self.reload_gated = (
             state is not None and state.generation > 0 and state.reload_gate == state.generation
         )
+        #: What this worker tells the master: ready, or at max_requests (recycle_overlap.py).
+        self.flags = WorkerFlags() if state is not None else None
+
+    @property
+    def alive(self) -> bool:
+        """Whether gunicorn's loop goes on serving."""
+        return self._alive
+
+    @alive.setter
+    def alive(self, value: bool) -> None:
+        if not value and self._serve_until_replaced():
+            return
+        self._alive = value
+
+    def _serve_until_replaced(self) -> bool:
+        """At ``max_requests`` gunicorn stops the worker (``alive = False`` in its
+        ``handle_request``, every worker class); serve on instead while the master
+        forks the replacement (recycle_overlap.py). Whether this worker does."""
+        flags, shutdown = getattr(self, "flags", None), getattr(self, "shutdown", None)
+        if flags is None or shutdown is None or shutdown.requested is not None:
+            return False
+        if flags.wants_replacement:
+            return True
+        state = master_state.current()
+        if (
+            self.nr < self.max_requests
+            or state is None
+            or state.going_away
+            or shutdown.settings.recycle_ready_timeout <= 0
+        ):
+            return False
+        # gunicorn compares on every request: once is enough.
+        self.max_requests = sys.maxsize
+        flags.ask_for_replacement()
+        self.log.info(
+            "graceful_gunicorn: worker %s serves on until the master has its replacement ready",
+            os.getpid(),
+        )
+        return True
 
     def init_signals(self) -> None:
         """Create the shutdown runner first: our handlers need it."""
-        self.shutdown = WorkerShutdown(self, float(self.cfg.graceful_timeout), self.generation)
+        self.shutdown = WorkerShutdown(
+            self, float(self.cfg.graceful_timeout), self.generation, self.flags
+        )
         super().init_signals()
         state = master_state.current()
         if state is not None and state.stop_recorded:
@@ -127,6 +169,8 @@ class GracefulWorkerMixin(_Base):
         )
         if state is not None:
             state.mark_ready(self.generation)  # a reload's gate counts it
+        if self.flags is not None:
+            self.flags.mark_ready()  # a recycle's overlap waits for it
 
     def _leave_a_failed_reload(self) -> None:
         """The app cannot be loaded by a reload's new worker: exit quietly, so that

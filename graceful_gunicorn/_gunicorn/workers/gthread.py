@@ -52,6 +52,8 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
 
     @alive.setter
     def alive(self, value: bool) -> None:
+        if not value and self._serve_until_replaced():
+            return
         shutdown = getattr(self, "shutdown", None)  # unset while Worker.__init__ runs
         if not value and self._serving and shutdown is not None and shutdown.requested is None:
             # gunicorn stops by itself (max_requests): start our sequence now, so

@@ -35,6 +35,7 @@ from ..._core.plan import ShutdownPlan, safety_margin
 from ..._core.sequence import ShutdownSequence
 from ..._core.settings import Settings
 from .. import compat, master_state, worker_reports
+from ..worker_flags import WorkerFlags
 from .stop_signals import Decision, StopSignals
 
 if TYPE_CHECKING:
@@ -111,7 +112,11 @@ class WorkerShutdown:
     """Coordinates the shutdown of one worker process."""
 
     def __init__(
-        self, worker: StoppableWorker, graceful_timeout: float, generation: int | None = None
+        self,
+        worker: StoppableWorker,
+        graceful_timeout: float,
+        generation: int | None = None,
+        flags: WorkerFlags | None = None,
     ) -> None:
         self.worker = worker
         #: gunicorn's graceful_timeout as configured (the worker's copy is shortened later).
@@ -126,7 +131,7 @@ class WorkerShutdown:
         self.lifecycle: Lifecycle | None = None
         self.settings = Settings()
         #: The stop signals this worker got, and the shutdown they ask for.
-        self.signals = StopSignals(self.generation)
+        self.signals = StopSignals(self.generation, flags)
         self.sequence: ShutdownSequence | None = None
         #: Set once the callbacks are over.
         self.done = threading.Event()

@@ -19,6 +19,7 @@ from enum import Enum
 
 from ..._core.context import QUICK_REASONS, Reason
 from .. import master_state
+from ..worker_flags import WorkerFlags
 from .quick_signals import QuickSignal, QuickSignals
 
 #: How long a worker waits for the master to explain a SIGTERM it has not
@@ -78,9 +79,11 @@ class StopSignals:
     a re-entrant lock, so that a quick signal is never written over.
     """
 
-    def __init__(self, generation: int) -> None:
+    def __init__(self, generation: int, flags: WorkerFlags | None = None) -> None:
         #: The master's reload generation the worker belongs to (see WorkerShutdown).
         self.generation = generation
+        #: What the master tells this worker alone (``None``: no master of ours).
+        self._flags = flags
         self._reason: Reason | None = None
         self._started_at = 0.0
         self._signal_name: str | None = None
@@ -181,8 +184,7 @@ class StopSignals:
             return reason
         if not self._unsettled:
             return reason
-        state = master_state.current()
-        if state is not None and state.recycled(os.getpid()):
+        if self._flags is not None and self._flags.recycle:
             return reason  # the master said so before it sent it
         self._master_was_held = False
         settled = self._wait_for_the_masters_word(reason, graceful_timeout)

@@ -1,0 +1,120 @@
+"""The master's side of recycles without a hole, against a fake master.
+
+The real scenarios (tests/test_recycles.py) run real gunicorn; these pin down
+the rules in every case: one replacement per recycling worker, none once the
+server stops, the SIGTERM held until the replacement is ready or too late.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from graceful_gunicorn._gunicorn.recycle_overlap import RecycleOverlap
+from graceful_gunicorn._gunicorn.worker_flags import WorkerFlags
+
+
+@dataclass
+class _Worker:
+    age: int
+    flags: WorkerFlags = field(default_factory=WorkerFlags)
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def info(self, message: str, *args: object) -> None:
+        self.lines.append(("info", message % args))
+
+    def warning(self, message: str, *args: object) -> None:
+        self.lines.append(("warning", message % args))
+
+
+class _Master:
+    """What RecycleOverlap uses of gunicorn's Arbiter."""
+
+    def __init__(self, workers: int) -> None:
+        self.log = _Log()
+        self.worker_age = 0
+        self.WORKERS: dict[int, _Worker] = {}
+        self.sigterms: list[int] = []
+        for _ in range(workers):
+            self.spawn_worker()
+
+    def spawn_worker(self) -> int:
+        self.worker_age += 1
+        pid = 1000 + self.worker_age
+        self.WORKERS[pid] = _Worker(self.worker_age)
+        return pid
+
+
+def _overlap(master: _Master, timeout: float = 30.0) -> RecycleOverlap:
+    return RecycleOverlap(master, lambda: timeout, master.sigterms.append)  # type: ignore[arg-type]
+
+
+def test_a_worker_at_max_requests_is_replaced_once_and_stops_once_it_is_ready() -> None:
+    master = _Master(2)
+    overlap = _overlap(master)
+    master.WORKERS[1002].flags.ask_for_replacement()
+    overlap.update(stopping=False)
+    overlap.update(stopping=False)
+    assert sorted(master.WORKERS) == [1001, 1002, 1003]  # one replacement, not two
+    assert master.WORKERS[1002].age < master.WORKERS[1001].age  # gunicorn stops it first
+    assert overlap.holds(1002) and not overlap.holds(1001)
+    assert master.sigterms == []
+    master.WORKERS[1003].flags.mark_ready()
+    overlap.update(stopping=False)
+    overlap.update(stopping=False)
+    assert master.sigterms == [1002]  # once
+    assert master.WORKERS[1002].flags.recycle  # the worker reads it as a recycle
+    del master.WORKERS[1002]  # it exited and gunicorn reaped it
+    overlap.update(stopping=False)
+    assert not overlap.holds(1002)
+
+
+def test_workers_at_max_requests_together_each_get_one_replacement() -> None:
+    master = _Master(2)
+    overlap = _overlap(master)
+    for pid in (1001, 1002):
+        master.WORKERS[pid].flags.ask_for_replacement()
+    overlap.update(stopping=False)
+    assert sorted(master.WORKERS) == [1001, 1002, 1003, 1004]
+    master.WORKERS[1004].flags.mark_ready()
+    overlap.update(stopping=False)
+    assert master.sigterms == [1002]  # the one whose replacement is ready
+    assert not master.WORKERS[1001].flags.recycle
+
+
+def test_a_replacement_not_ready_in_time_lets_the_old_worker_stop_with_a_warning() -> None:
+    master = _Master(1)
+    overlap = _overlap(master, timeout=0.001)
+    master.WORKERS[1001].flags.ask_for_replacement()
+    overlap.update(stopping=False)
+    assert master.sigterms == []  # made this turn: not late yet
+    while not master.sigterms:
+        overlap.update(stopping=False)
+    assert master.sigterms == [1001]
+    warnings = [line for kind, line in master.log.lines if kind == "warning"]
+    assert len(warnings) == 1 and "recycle_ready_timeout=0.001s" in warnings[0]
+
+
+def test_a_replacement_that_died_lets_the_old_worker_stop() -> None:
+    master = _Master(1)
+    overlap = _overlap(master)
+    master.WORKERS[1001].flags.ask_for_replacement()
+    overlap.update(stopping=False)
+    del master.WORKERS[1002]
+    overlap.update(stopping=False)
+    assert master.sigterms == [1001]
+
+
+@pytest.mark.parametrize("stopping, timeout", [(True, 30.0), (False, 0.0)])
+def test_no_replacement_during_a_stop_or_when_turned_off(stopping: bool, timeout: float) -> None:
+    master = _Master(2)
+    overlap = _overlap(master, timeout)
+    master.WORKERS[1001].flags.ask_for_replacement()
+    overlap.update(stopping=stopping)
+    assert sorted(master.WORKERS) == [1001, 1002]
+    assert master.sigterms == [1001]  # it stops at once, as in gunicorn

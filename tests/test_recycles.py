@@ -1,0 +1,135 @@
+"""Recycles (``max_requests``) that never leave the server a worker short.
+
+Real gunicorn masters and workers on 127.0.0.1, an app that takes seconds to
+import, a load that makes every worker recycle twice; each scenario runs on
+plain gunicorn too, with the same load.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import WORKER_CLASSES
+from .load import Load, LoadResult
+from .scenarios import GRACEFUL, worker_args
+from .server import Gunicorn, http_get, process_gone, wait_until
+
+SLOW_APP = "tests.apps.slow_boot_app:app"
+BOOT_SECONDS = 3.0
+#: Each worker's share of the paced load below: a few seconds of it.
+MAX_REQUESTS = 1500
+#: Each client waits this long after a response (a paced load: see Load).
+PAUSE = 0.01
+#: The two first workers and their replacements recycle: every slot twice.
+RECYCLES = 4
+
+
+_OVERLAP = re.compile(r"worker (\d+) reached max_requests; it serves until its replacement (\d+)")
+
+
+def _running_workers(server: Gunicorn) -> set[int]:
+    """The master's children that have not exited (Linux /proc)."""
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    return {int(pid) for pid in children if not process_gone(int(pid))}
+
+
+class _MostWorkers:
+    """The most worker processes the master had at once, sampled every 50 ms (printed:
+    with recycles close together, a replacement may recycle while its own
+    recycler still drains, each with its replacement)."""
+
+    def __init__(self, server: Gunicorn) -> None:
+        self.server = server
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                self.most = max(self.most, len(_running_workers(self.server)))
+            except OSError:
+                return
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        return self.most
+
+
+def _recycled_twice(server: Gunicorn) -> bool:
+    """Whether the workers booted after the fourth recycle are all that is left."""
+    booted = server.worker_pids()
+    if len(booted) < 2 + RECYCLES:
+        return False
+    newest = set(booted[RECYCLES:])
+    if not _running_workers(server) <= newest:
+        return False
+    return http_get(server.port, "/hello", 10).ok
+
+
+def _recycle_under_load(server: Gunicorn) -> tuple[LoadResult, int]:
+    server.wait_ready(workers=2, path="/hello", timeout=30)
+    most = _MostWorkers(server)
+    load = Load(server.port, "/hello", connections=8, max_seconds=150, pause=PAUSE).start()
+    wait_until(lambda: _recycled_twice(server), 120, "every worker to recycle twice")
+    return load.stop(), most.stop()
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_a_recycling_worker_serves_until_its_replacement_is_ready(
+    gunicorn: Callable[..., Gunicorn], worker_class: str
+) -> None:
+    """1. an app that imports for 3 s, 2 workers, max_requests without jitter,
+    8 keep-alive clients 2. until every worker recycled twice.
+
+    Result: graceful_gunicorn fails no request and none takes a second: a worker
+    at max_requests serves on until its replacement has loaded the app, with one
+    extra worker each, never more. Plain gunicorn's figures
+    beside it (both workers reach the limit together and the server has none
+    for the import).
+    """
+    env = {"BOOT_SECONDS": str(BOOT_SECONDS)}
+    args = [
+        *worker_args(worker_class),
+        "--max-requests",
+        str(MAX_REQUESTS),
+        "--max-requests-jitter",
+        "0",
+        SLOW_APP,
+    ]
+    results: dict[str, tuple[LoadResult, int]] = {}
+    for side, config in (("plain", []), ("graceful", GRACEFUL)):
+        server = gunicorn([*config, *args], env)
+        results[side] = _recycle_under_load(server)
+        if side == "graceful":
+            log = server.log()
+            overlaps = _OVERLAP.findall(log)
+            assert len(overlaps) >= RECYCLES, log
+            assert "not ready after recycle_ready_timeout" not in log
+            assert log.count("shutdown started (reason recycle") >= RECYCLES, log
+        server.stop()
+        if side == "graceful":
+            # One extra worker per recycling worker, never more: every worker booted
+            # is one of the first two or the replacement of one recycle.
+            booted = server.worker_pids()
+            replacements = [int(new) for _, new in _OVERLAP.findall(server.log())]
+            assert len(set(replacements)) == len(replacements)
+            assert sorted(booted[2:]) == sorted(replacements), server.log()
+    (plain, plain_most), (graceful, graceful_most) = results["plain"], results["graceful"]
+    print(
+        f"{worker_class} recycles of a 3 s boot: plain sent {plain.sent}, failed "
+        f"{plain.failed} {dict(plain.errors)}, slowest {plain.slowest:.2f}s, "
+        f"{plain.over_one_second} over 1 s, at most {plain_most} workers; graceful sent "
+        f"{graceful.sent}, failed {graceful.failed} {dict(graceful.errors)}, slowest "
+        f"{graceful.slowest:.2f}s, {graceful.over_one_second} over 1 s, at most "
+        f"{graceful_most} workers"
+    )
+    assert graceful.failed == 0, graceful.errors
+    assert graceful.over_one_second == 0, f"{graceful.slow}\n{log}"
