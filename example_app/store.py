@@ -12,7 +12,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, value TEXT NOT NULL)"
 
@@ -25,7 +25,14 @@ class ConnectionPool:
         self.size = size
         for _ in range(size):
             connection = sqlite3.connect(path, timeout=30, check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
+            # The mode stays with the file. Changing it while another process uses
+            # the file fails at once ("database is locked"; SQLite's busy timeout
+            # does not cover it), and several workers and servers share one file:
+            # whoever changes it first does it for all.
+            (mode,) = connection.execute("PRAGMA journal_mode").fetchone()
+            if mode != "wal":
+                with suppress(sqlite3.OperationalError):
+                    connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(SCHEMA)
             self._idle.put(connection)
         self.closed = False

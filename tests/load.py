@@ -1,9 +1,9 @@
 """A bounded HTTP load on 127.0.0.1: keep-alive client connections in threads.
 
-Each connection sends GET requests one after another until ``stop()`` or its
-share of ``max_requests``; a response other than 200, or any connection
-error, is a failure. A response with ``Connection: close`` makes the client
-reconnect, as HTTP clients do.
+Each connection sends requests (GET, or POST with a small form) one after
+another until ``stop()`` or its share of ``max_requests``; a response other
+than 200, or any connection error, is a failure. A response with
+``Connection: close`` makes the client reconnect, as HTTP clients do.
 """
 
 from __future__ import annotations
@@ -41,9 +41,12 @@ class Load:
         max_seconds: float = 60.0,
         max_requests: int = 200_000,
         pause: float = 0.0,
+        method: str = "GET",
     ) -> None:
         self.port = port
         self.path = path
+        #: ``POST`` sends a small form body (``value=<n>``) with each request.
+        self.method = method
         self.max_seconds = max_seconds
         #: Seconds each client waits after a response: a paced load leaves the CPUs
         #: room, so that a slow request says the server made it wait, not the machine.
@@ -80,7 +83,12 @@ class Load:
             began = time.monotonic()
             sent_at = time.strftime("%H:%M:%S")
             try:
-                connection.request("GET", self.path)
+                if self.method == "POST":
+                    body = f"value={time.monotonic_ns()}"
+                    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+                    connection.request("POST", self.path, body, headers)
+                else:
+                    connection.request(self.method, self.path)
                 response = connection.getresponse()
                 response.read()
                 if response.status != 200:

@@ -259,6 +259,24 @@ def test_worker_internals_name_every_override() -> None:
     assert unlisted == []
 
 
+def test_listeners_die_with_server_mirrors_gunicorns_own_unlink_condition() -> None:
+    """gunicorn's stop() unlinks a unix socket's file on the condition that the
+    listeners are the master's alone; ours is the same."""
+    stop = _source(Arbiter.stop)
+    assert "self.reexec_pid == self.master_pid == 0" in stop
+    assert "not self.systemd" in stop and "self.cfg.reuse_port" in stop
+    arbiter = SimpleNamespace(
+        reexec_pid=0, master_pid=0, systemd=False, cfg=SimpleNamespace(reuse_port=False)
+    )
+    assert compat.listeners_die_with_server(arbiter)
+    for name, value in (("reexec_pid", 7), ("master_pid", 7), ("systemd", True)):
+        assert not compat.listeners_die_with_server(
+            SimpleNamespace(**{**vars(arbiter), name: value})
+        )
+    arbiter.cfg.reuse_port = True
+    assert not compat.listeners_die_with_server(arbiter)
+
+
 def test_reload_waits_for_old_workers_when_its_source_has_the_wait_loop() -> None:
     reload = _source(Arbiter.reload)
     waits = "last_worker_age" in reload and "self.reap_workers()" in reload

@@ -407,11 +407,13 @@ def test_a_kept_alive_client_that_pauses_into_the_stop_is_answered(
     Result: graceful_gunicorn answers it (with ``Connection: close``): its gevent
     worker closed a connection idle for 0.1 s, and lost the request of a client a
     busy machine had held back for longer. So does plain gunicorn, but for
-    gthread before 24, which drops the idle connections in its poller at once.
+    gthread before 27: before 24 it drops the idle connections in its poller at
+    once, and up to 26 it closes a connection whose first request it finished
+    after the SIGTERM (``finish_request`` runs late on a busy machine).
     """
     plain, graceful = parity.run(thinks_then_sends, ONE_WORKER_ARGS[worker_class], workers=1)
     assert graceful.ok_count("after thinking") == 1, graceful.figures()
-    if not (worker_class == "gthread" and compat.GTHREAD_DROPS_POLLED_CONNECTIONS):
+    if not (worker_class == "gthread" and compat.GTHREAD_CLOSES_ANNOUNCED_KEEPALIVE):
         assert plain.ok_count("after thinking") == 1, f"premise: plain answers\n{plain.figures()}"
 
 

@@ -87,6 +87,18 @@ def make_newest(server: Any, pids: list[int]) -> None:
             worker.age = server.worker_age
 
 
+def listeners_die_with_server(server: Any) -> bool:
+    """Whether the master's listening sockets end with it: not inherited from
+    systemd, not shared with a master of a binary upgrade (``USR2``), not one
+    per worker (``reuse_port``). gunicorn unlinks a unix socket's file on the
+    same condition (arbiter.py ``stop``, every version)."""
+    return (
+        server.reexec_pid == server.master_pid == 0
+        and not server.systemd
+        and not server.cfg.reuse_port
+    )
+
+
 def make_oldest(server: Any, pid: int) -> None:
     """Make worker ``pid`` the oldest of ``server``: with one worker too many,
     gunicorn stops the lowest ``age`` first (arbiter.py ``manage_workers``, every
@@ -261,6 +273,7 @@ __all__ = [
     "WORKER_INTERNALS",
     "close_after_response",
     "guard_method_queue",
+    "listeners_die_with_server",
     "make_newest",
     "make_oldest",
     "polled_connections",

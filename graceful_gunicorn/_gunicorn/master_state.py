@@ -53,7 +53,9 @@ _READY_COUNT = struct.Struct("<H")
 _READY_COUNT_AT = _READY_GENERATION_AT + _GENERATION.size
 _CLAIMED_GENERATION_AT = _READY_COUNT_AT + _READY_COUNT.size
 _FAILED_GENERATION_AT = _CLAIMED_GENERATION_AT + _GENERATION.size
-_SIZE = _FAILED_GENERATION_AT + _GENERATION.size
+# Then one byte: the master made its listeners refuse new connections (listeners.py).
+_REFUSING = _FAILED_GENERATION_AT + _GENERATION.size
+_SIZE = _REFUSING + 1
 
 
 class MasterState:
@@ -154,6 +156,16 @@ class MasterState:
     def escalated(self) -> bool:
         """Whether the master's graceful stop turned quick inside gunicorn's ``stop()``."""
         return self._map[_ESCALATED] != 0
+
+    def note_refusing(self) -> None:
+        """From the master: its listeners refuse new connections; the workers accept
+        what is queued before they stop accepting."""
+        self._map[_REFUSING] = 1
+
+    @property
+    def refusing(self) -> bool:
+        """Whether the master's listeners refuse new connections (its graceful stop)."""
+        return self._map[_REFUSING] != 0
 
     def _generation_at(self, offset: int) -> int:
         return int(_GENERATION.unpack_from(self._map, offset)[0])

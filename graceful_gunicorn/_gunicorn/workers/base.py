@@ -29,7 +29,7 @@ from ..._core.lifecycle import Lifecycle
 from ..._core.settings import SettingsError
 from ..._wsgi.discovery import find_lifecycle
 from ..._wsgi.lifecycle import Lifecycle as WSGILifecycle
-from .. import compat, master_state
+from .. import compat, listeners, master_state
 from ..server_settings import check_lifecycle_fits, settings_in_force
 from ..worker_flags import WorkerFlags
 from .shutdown import WorkerShutdown
@@ -49,6 +49,10 @@ STOP_KEEPALIVE_LINGER = 2.0
 #: latest, so that gunicorn's loop finds them gone in time and the drain ends
 #: by itself.
 LINGER_MARGIN = 0.2
+
+#: The most a stopping worker waits for the connections queued on its listeners to
+#: be accepted, once the master's listeners refuse new ones (listeners.py).
+BACKLOG_ACCEPT_WAIT = 1.0
 
 if TYPE_CHECKING:
     from gunicorn.workers.base import Worker
@@ -266,7 +270,16 @@ class GracefulWorkerMixin(_Base):
     # -- used by the shutdown thread ------------------------------------------
 
     def stop_serving(self, drain_seconds: float) -> None:
-        """Stop accepting; gunicorn's own drain may take ``drain_seconds`` at most."""
+        """Stop accepting; gunicorn's own drain may take ``drain_seconds`` at most.
+
+        When the master's listeners refuse new connections (its graceful stop,
+        listeners.py), the connections already queued are accepted first, as
+        gunicorn's loop accepts them, for ``BACKLOG_ACCEPT_WAIT`` at most.
+        """
+        state = master_state.current()
+        if state is not None and state.refusing:
+            wait = min(BACKLOG_ACCEPT_WAIT, drain_seconds / 2)
+            listeners.wait_until_accepted(self.sockets, time.monotonic() + wait)
         # Each worker reads graceful_timeout when its drain starts; this copy of
         # the config belongs to this process alone.
         compat.set_graceful_timeout(self.cfg, drain_seconds)

@@ -6,7 +6,6 @@ import errno
 import select
 import signal
 import socket
-import struct
 import threading
 import time
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 from gunicorn import util
 from gunicorn.workers.sync import SyncWorker
 
+from .. import listeners
 from .base import GracefulWorkerMixin
 
 _NOTHING_WAITING = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED)
@@ -26,29 +26,6 @@ BACKLOG_FIRST_BYTE = 1.0
 # Not named "...SyncWorker": gunicorn silently swaps a worker class whose name
 # ends so for its stock gthread worker when threads > 1 (config.py
 # ``Config.worker_class``: ``uri.endswith('SyncWorker')``).
-def _queued(listeners: list[Any]) -> int | None:
-    """How many connections wait in the listeners' accept queues (Linux), else ``None``.
-
-    ``TCP_INFO`` of a listening socket gives its accept queue's length as
-    ``tcpi_unacked`` (the kernel's ``sk_ack_backlog``), the sixth field.
-    """
-    total = 0
-    for listener in listeners:
-        try:
-            info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
-        except (OSError, AttributeError):  # a unix socket, another platform
-            return None
-        (state,) = struct.unpack_from("=B", info, 0)
-        if state != _TCP_LISTEN:
-            return None
-        total += struct.unpack_from("=I", info, 24)[0]
-    return total
-
-
-#: ``TCP_LISTEN`` in Linux's ``tcp_states.h``.
-_TCP_LISTEN = 10
-
-
 class GracefulSync(GracefulWorkerMixin, SyncWorker):
     """gunicorn's sync worker with the graceful shutdown sequence."""
 
@@ -68,6 +45,19 @@ class GracefulSync(GracefulWorkerMixin, SyncWorker):
         self.shutdown.use_as_signal_wakeup()
 
     def serve_backlog(self) -> None:
+        """Serve what is queued, then close this worker's copy of the listeners.
+
+        gunicorn's sync worker keeps them until it exits, after the callbacks:
+        when the server stops, the listening socket would live that long,
+        completing connections nobody accepts (listeners.py).
+        """
+        try:
+            self._serve_queued()
+        finally:
+            for listener in self.sockets:
+                util.close(listener)
+
+    def _serve_queued(self) -> None:
         """Serve the connections still queued in the listen backlog, within the drain.
 
         A sync worker accepts one connection at a time, so when a stop begins,
@@ -90,7 +80,7 @@ class GracefulSync(GracefulWorkerMixin, SyncWorker):
         # What was queued when the stop began; under steady traffic more keeps
         # coming, which plain gunicorn never serves, and which would hold the worker
         # (and on_shutdown) until the drain deadline.
-        left = _queued(self.sockets)
+        left = listeners.queued(self.sockets)
         while time.monotonic() < sequence.drain_deadline and not sequence.quick:
             ready = select.select(list(pending), [], [], 0)[0] if pending else []
             if not ready and (left is None or left > 0) and self._take_one(pending):
@@ -101,8 +91,8 @@ class GracefulSync(GracefulWorkerMixin, SyncWorker):
                     return
                 expires = min(t for _, _, t in pending.values()) + BACKLOG_FIRST_BYTE
                 wait = max(0.0, min(expires, sequence.drain_deadline) - time.monotonic())
-                listeners = self.sockets if left is None or left > 0 else []
-                woke = select.select([*pending, *listeners], [], [], wait)[0]
+                watched = self.sockets if left is None or left > 0 else []
+                woke = select.select([*pending, *watched], [], [], wait)[0]
                 ready = [c for c in woke if c in pending]
                 if not ready:
                     self._close_silent(pending)
