@@ -19,9 +19,12 @@ def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
     with ExitStack() as stack:
 
         def start(
-            args: Sequence[str], env: dict[str, str] | None = None, port: int | None = None
+            args: Sequence[str],
+            env: dict[str, str] | None = None,
+            port: int | None = None,
+            command: Sequence[str] | None = None,
         ) -> Gunicorn:
-            server = Gunicorn(tmp_path, args, env, port)
+            server = Gunicorn(tmp_path, args, env, port, command)
             stack.callback(server.stop)
             return server.start()
 

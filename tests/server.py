@@ -64,6 +64,7 @@ class Gunicorn(GunicornServer):
         args: Sequence[str],
         env: dict[str, str] | None = None,
         port: int | None = None,
+        command: Sequence[str] | None = None,
     ):
         self.workdir = workdir
         self.events_path = workdir / "events.jsonl"
@@ -81,6 +82,7 @@ class Gunicorn(GunicornServer):
             port=port or 0,
             cwd=workdir,
             log_path=workdir / f"gunicorn-{time.monotonic_ns()}.log",
+            command=command,
         )
 
     def wait_ready(

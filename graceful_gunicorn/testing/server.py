@@ -66,10 +66,16 @@ class GunicornServer:
         cwd: str | os.PathLike[str] | None = None,
         log_path: str | os.PathLike[str] | None = None,
         wrapper: Sequence[str] = (),
+        command: Sequence[str] | None = None,
     ) -> None:
         self.args = list(args)
         #: A command the master runs under (``valgrind ...``); its workers are forks.
         self.wrapper = list(wrapper)
+        #: How gunicorn is started: this Python's ``-m gunicorn``, or for example its
+        #: console script. A binary upgrade (``USR2``) needs the script: gunicorn runs
+        #: its own command line again, and ``-m gunicorn`` comes back as the script
+        #: ``gunicorn/__main__.py``, whose folder then hides the standard ``http``.
+        self.command = list(command) if command is not None else [sys.executable, "-m", "gunicorn"]
         self.cwd = Path(cwd) if cwd is not None else Path.cwd()
         #: Extra environment variables, on top of this process's environment.
         self.env = {**os.environ, **(env or {})}
@@ -88,9 +94,7 @@ class GunicornServer:
         """Start the master in a session of its own; returns at once."""
         command = [
             *self.wrapper,
-            sys.executable,
-            "-m",
-            "gunicorn",
+            *self.command,
             "-b",
             f"127.0.0.1:{self._port}",
             # the port and the workers are read from gunicorn's log: keep it here
