@@ -8,6 +8,7 @@ every gunicorn version and a release that changes one fails here, by name.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import inspect
@@ -257,6 +258,28 @@ def test_worker_internals_name_every_override() -> None:
                     continue
                 unlisted.append(f"{own.__name__}.{name}")
     assert unlisted == []
+
+
+@pytest.mark.parametrize("module", ["sync", "gthread", "base_async"])
+def test_max_requests_stops_the_worker_only_in_the_methods_named(module: str) -> None:
+    """The graceful workers serve on at max_requests only when ``alive = False``
+    comes from these methods: a gunicorn that moves it fails here."""
+    source = inspect.getsource(importlib.import_module(f"gunicorn.workers.{module}"))
+    stopping = [
+        node.name
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef)
+        and "self.max_requests" in ast.unparse(node)
+        and any(
+            isinstance(sub, ast.Assign)
+            and ast.unparse(sub) == "self.alive = False"
+            and "max_requests" in ast.unparse(node)
+            for sub in ast.walk(node)
+        )
+        and not any(isinstance(sub, ast.FunctionDef) and sub is not node for sub in ast.walk(node))
+    ]
+    assert stopping, f"gunicorn.workers.{module} no longer stops at max_requests"
+    assert set(stopping) <= compat.MAX_REQUESTS_STOPS_IN, stopping
 
 
 def test_listeners_die_with_server_mirrors_gunicorns_own_unlink_condition() -> None:

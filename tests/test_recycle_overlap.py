@@ -40,6 +40,7 @@ class _Master:
         self.worker_age = 0
         self.WORKERS: dict[int, _Worker] = {}
         self.sigterms: list[int] = []
+        self.num_workers = workers
         for _ in range(workers):
             self.spawn_worker()
 
@@ -64,14 +65,17 @@ def test_a_worker_at_max_requests_is_replaced_once_and_stops_once_it_is_ready() 
     assert master.WORKERS[1002].age < master.WORKERS[1001].age  # gunicorn stops it first
     assert overlap.holds(1002) and not overlap.holds(1001)
     assert master.sigterms == []
+    master.WORKERS[1001].flags.mark_ready()
     master.WORKERS[1003].flags.mark_ready()
     overlap.update(stopping=False)
     overlap.update(stopping=False)
     assert master.sigterms == [1002]  # once
     assert master.WORKERS[1002].flags.recycle  # the worker reads it as a recycle
+    assert overlap.holds(1002)  # gunicorn's own SIGTERMs to it stay ours
     del master.WORKERS[1002]  # it exited and gunicorn reaped it
     overlap.update(stopping=False)
     assert not overlap.holds(1002)
+    assert sorted(master.WORKERS) == [1001, 1003]
 
 
 def test_workers_at_max_requests_together_each_get_one_replacement() -> None:
@@ -83,8 +87,11 @@ def test_workers_at_max_requests_together_each_get_one_replacement() -> None:
     assert sorted(master.WORKERS) == [1001, 1002, 1003, 1004]
     master.WORKERS[1004].flags.mark_ready()
     overlap.update(stopping=False)
-    assert master.sigterms == [1002]  # the one whose replacement is ready
-    assert not master.WORKERS[1001].flags.recycle
+    assert master.sigterms == []  # one ready: the server would have one worker
+    master.WORKERS[1003].flags.mark_ready()
+    overlap.update(stopping=False)
+    assert sorted(master.sigterms) == [1001, 1002]
+    assert sorted(master.WORKERS) == [1001, 1002, 1003, 1004]  # no more
 
 
 def test_a_replacement_not_ready_in_time_lets_the_old_worker_stop_with_a_warning() -> None:
@@ -92,22 +99,52 @@ def test_a_replacement_not_ready_in_time_lets_the_old_worker_stop_with_a_warning
     overlap = _overlap(master, timeout=0.001)
     master.WORKERS[1001].flags.ask_for_replacement()
     overlap.update(stopping=False)
-    assert master.sigterms == []  # made this turn: not late yet
     while not master.sigterms:
         overlap.update(stopping=False)
     assert master.sigterms == [1001]
+    assert sorted(master.WORKERS) == [1001, 1002]
     warnings = [line for kind, line in master.log.lines if kind == "warning"]
     assert len(warnings) == 1 and "recycle_ready_timeout=0.001s" in warnings[0]
 
 
-def test_a_replacement_that_died_lets_the_old_worker_stop() -> None:
-    master = _Master(1)
+def test_a_worker_lost_while_one_waits_is_replaced_at_once() -> None:
+    """gunicorn counts the waiting worker, so it would not fork for the lost one."""
+    master = _Master(2)
     overlap = _overlap(master)
     master.WORKERS[1001].flags.ask_for_replacement()
     overlap.update(stopping=False)
-    del master.WORKERS[1002]
+    assert sorted(master.WORKERS) == [1001, 1002, 1003]
+    del master.WORKERS[1002]  # killed (a timeout, the OOM killer)
     overlap.update(stopping=False)
-    assert master.sigterms == [1001]
+    assert sorted(master.WORKERS) == [1001, 1003, 1004]
+    assert master.sigterms == []
+
+
+def test_during_a_reload_the_new_workers_are_the_replacements() -> None:
+    """Two old workers serve while two new ones boot (the reload gate holds the
+    old): one old worker at max_requests gets no extra worker, and stops once the
+    new ones are ready."""
+    master = _Master(2)
+    master.spawn_worker(), master.spawn_worker()  # the reload's new workers
+    master.num_workers = 2
+    overlap = _overlap(master)
+    master.WORKERS[1001].flags.mark_ready()
+    master.WORKERS[1002].flags.mark_ready()
+    master.WORKERS[1001].flags.ask_for_replacement()
+    overlap.update(stopping=False)
+    assert sorted(master.WORKERS) == [1001, 1002, 1003, 1004]
+    master.WORKERS[1003].flags.mark_ready()
+    overlap.update(stopping=False)
+    assert master.sigterms == [1001]  # 1002 and 1003 serve
+
+
+def test_a_worker_sent_its_own_sigterm_is_not_counted() -> None:
+    master = _Master(2)
+    overlap = _overlap(master)
+    overlap.note_sigterm(1002)  # SIGTTOU, or a reload's old worker
+    master.WORKERS[1001].flags.ask_for_replacement()
+    overlap.update(stopping=False)
+    assert sorted(master.WORKERS) == [1001, 1002, 1003, 1004]
 
 
 @pytest.mark.parametrize("stopping, timeout", [(True, 30.0), (False, 0.0)])

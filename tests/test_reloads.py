@@ -214,3 +214,30 @@ def test_a_stop_while_the_new_workers_boot_is_read_at_once(
     server.signal(signal.SIGTERM)
     wait_until(lambda: "Handling signal: term" in server.log(), 4, "the SIGTERM to be read")
     assert server.wait_exit(10) == 0
+
+
+def test_a_stop_during_a_failing_reload_counts_only_the_workers_that_served(
+    gunicorn: Callable[..., Gunicorn], tmp_path: Path
+) -> None:
+    """1. break the app 2. SIGHUP 3. SIGTERM as soon as a new worker says it
+    cannot load the app.
+
+    Result: the summary counts the two old workers, stopped cleanly, and says
+    that the reload's workers never loaded the app; none counts as killed.
+    """
+    broken = tmp_path / "broken"
+    env = {"BOOT_SECONDS": "0.3", "BROKEN_MARKER": str(broken)}
+    server = gunicorn([*GRACEFUL, *worker_args("sync"), SLOW_APP], env)
+    server.wait_ready(workers=2, path="/hello", timeout=30)
+    broken.touch()
+    server.signal(signal.SIGHUP)
+    wait_until(lambda: "cannot load the app" in server.log(), 30, "a new worker to fail")
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(30) == 0
+    summary = re.findall(r"shutdown summary \(terminate, SIGTERM\): (.*?);", server.log())
+    assert len(summary) == 1, server.log()
+    assert re.fullmatch(
+        r"2 of 2 worker\(s\) stopped cleanly, 0 killed"
+        r"( \([12] of a failed reload never loaded the app\))?",
+        summary[0],
+    ), summary

@@ -390,7 +390,13 @@ def test_a_worker_stopped_alone_leaves_no_report_behind(
     server.signal(signal.SIGTERM)
     assert server.wait_exit(20) == 0
     report = logged_report(server)
-    assert report["workers"] == {"stopped": 2, "clean": 2, "killed": 0, "forced": 0}
+    assert report["workers"] == {
+        "stopped": 2,
+        "clean": 2,
+        "killed": 0,
+        "forced": 0,
+        "not_booted": 0,
+    }
     assert alone not in [r["pid"] for r in report["worker_reports"]]
 
 
@@ -514,7 +520,7 @@ def test_a_worker_forced_to_exit_is_counted_apart_from_clean_ones() -> None:
         12: {"pid": 12, "forced_exit": True, "callbacks": [{"outcome": "ok"}]},
     }
     built = summary.build(_record(11, 12, 13), reports)
-    assert built["workers"] == {"stopped": 3, "clean": 1, "killed": 1, "forced": 1}
+    assert built["workers"] == {"stopped": 3, "clean": 1, "killed": 1, "forced": 1, "not_booted": 0}
     assert built["killed_pids"] == [13]
     assert built["forced_pids"] == [12]
     assert [r["pid"] for r in built["worker_reports"]] == [11, 12]
@@ -529,20 +535,32 @@ def test_a_worker_forced_to_exit_is_counted_apart_from_clean_ones() -> None:
     sigkilled = _record(11, 12)
     sigkilled.sigkilled = [11]
     killed_after_report = summary.build(sigkilled, reports)
-    assert killed_after_report["workers"] == {"stopped": 2, "clean": 0, "killed": 1, "forced": 1}
+    assert killed_after_report["workers"] == {
+        "stopped": 2,
+        "clean": 0,
+        "killed": 1,
+        "forced": 1,
+        "not_booted": 0,
+    }
     assert killed_after_report["killed_pids"] == [11]
     assert killed_after_report["requests"]["uncounted_workers"] == 0
     assert [r["pid"] for r in killed_after_report["worker_reports"]] == [11, 12]
     assert killed_after_report["callbacks"]["ok"] == 2
 
     plain = summary.build(_record(11, 13), reports)
-    assert plain["workers"] == {"stopped": 2, "clean": 1, "killed": 1, "forced": 0}
+    assert plain["workers"] == {"stopped": 2, "clean": 1, "killed": 1, "forced": 0, "not_booted": 0}
     assert plain["forced_pids"] == []
     assert "1 of 2 worker(s) stopped cleanly, 1 killed; 0 request(s) drained" in (
         summary.summary_line(plain)
     )
     not_forced = summary.build(_record(11), {11: {"pid": 11, "forced_exit": "yes"}})
-    assert not_forced["workers"] == {"stopped": 1, "clean": 1, "killed": 0, "forced": 0}
+    assert not_forced["workers"] == {
+        "stopped": 1,
+        "clean": 1,
+        "killed": 0,
+        "forced": 0,
+        "not_booted": 0,
+    }
 
 
 # -- review F1: a worker's report of the wrong shape ---------------------------------------
@@ -577,7 +595,7 @@ def test_a_bad_report_counts_its_worker_as_killed(report_folder: Path, case: str
     reports = worker_reports.collect([4000001, 4000002])
     assert 4000001 not in reports or summary.report_problem(reports[4000001]) is not None
     built = summary.build(_record(4000001, 4000002), reports)
-    assert built["workers"] == {"stopped": 2, "clean": 1, "killed": 1, "forced": 0}
+    assert built["workers"] == {"stopped": 2, "clean": 1, "killed": 1, "forced": 0, "not_booted": 0}
     assert built["killed_pids"] == [4000001]
     assert built["requests"] == {"drained": 2, "abandoned": 0, "uncounted_workers": 1}
     json.dumps(built, allow_nan=False)

@@ -43,7 +43,7 @@ def test_report_names_each_callback_outcome(
     saved = json.loads(path.read_text())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert saved == logged_report(server)
-    assert saved["workers"] == {"stopped": 2, "clean": 2, "killed": 0, "forced": 0}
+    assert saved["workers"] == {"stopped": 2, "clean": 2, "killed": 0, "forced": 0, "not_booted": 0}
     assert saved["callbacks"] == {"ok": 8, "error": 2, "timeout": 2, "skipped": 0}
     for worker in saved["worker_reports"]:
         outcomes = {c["name"].rsplit(".", 1)[-1]: c["outcome"] for c in worker["callbacks"]}
@@ -122,7 +122,13 @@ def test_summary_counts_a_worker_killed_mid_shutdown(gunicorn: Callable[..., Gun
     assert server.wait_exit(20) == 0
 
     report = logged_report(server)
-    assert report["workers"] == {"stopped": 2, "clean": 1, "killed": 1, "forced": 0}
+    assert report["workers"] == {
+        "stopped": 2,
+        "clean": 1,
+        "killed": 1,
+        "forced": 0,
+        "not_booted": 0,
+    }
     assert report["killed_pids"] == [victim]
     assert report["requests"]["uncounted_workers"] == 1
     assert "1 of 2 worker(s) stopped cleanly, 1 killed" in server.log()
@@ -152,7 +158,13 @@ def test_summary_counts_a_worker_sigkilled_after_its_report_as_killed(
     assert server.wait_exit(20) == 0
 
     report = logged_report(server)
-    assert report["workers"] == {"stopped": 1, "clean": 0, "killed": 1, "forced": 0}
+    assert report["workers"] == {
+        "stopped": 1,
+        "clean": 0,
+        "killed": 1,
+        "forced": 0,
+        "not_booted": 0,
+    }
     assert report["killed_pids"] == [worker]
     assert report["requests"]["uncounted_workers"] == 0
     assert [r["pid"] for r in report["worker_reports"]] == [worker]
@@ -179,7 +191,13 @@ def test_summary_counts_a_worker_that_crashed_mid_shutdown(
 
     [crashed] = [e["pid"] for e in server.events("crashing")]
     report = logged_report(server)
-    assert report["workers"] == {"stopped": 2, "clean": 1, "killed": 1, "forced": 0}
+    assert report["workers"] == {
+        "stopped": 2,
+        "clean": 1,
+        "killed": 1,
+        "forced": 0,
+        "not_booted": 0,
+    }
     assert report["killed_pids"] == [crashed]
     assert [e["pid"] for e in server.callbacks("after_shutdown")] == [
         pid for pid in server.worker_pids() if pid != crashed

@@ -64,6 +64,11 @@ WORKER_INTERNALS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+#: The worker methods in which gunicorn sets ``alive = False`` on ``max_requests``
+#: (workers/sync.py, gthread.py and base_async.py ``handle_request``; 25+ also
+#: ``handle_http2_request``); elsewhere it means another stop.
+MAX_REQUESTS_STOPS_IN = frozenset({"handle_request", "handle_http2_request"})
+
 #: gunicorn 24+ waits inside ``Arbiter.reload`` for the old workers to exit, up to
 #: ``graceful_timeout``, reaping every 0.1 s, before its loop runs again
 #: (arbiter.py ``reload``: "wait for old workers to terminate"); earlier ones return.
@@ -268,6 +273,7 @@ __all__ = [
     "KNOWN_REQUEST_SMUGGLING",
     "MASTER_DEAF_WHILE_STOPPING",
     "MASTER_QUICK_LIMIT",
+    "MAX_REQUESTS_STOPS_IN",
     "RELOAD_WAITS_FOR_OLD_WORKERS",
     "VERSION",
     "WORKER_INTERNALS",

@@ -80,6 +80,7 @@ class MasterStop:
         self.reload_gate: ReloadGate | None = None
         self._in_reload = False
         self._reload_wait_ended = False
+        self._signalling_all = False
         #: Workers at max_requests that serve until their replacement is ready.
         self.recycles = RecycleOverlap(
             server,
@@ -312,7 +313,14 @@ class MasterStop:
             self.state.restart_stop_clock(time.monotonic())
         if sig == signal.SIGQUIT:
             self.state.count_quick_relay()
-        self._kill_workers(sig)
+        # gunicorn's kill_workers calls kill_worker for each: nothing is held then,
+        # also when gunicorn stops without our handlers (a halt: "Worker failed to
+        # boot", arbiter.py run and halt).
+        self._signalling_all = True
+        try:
+            self._kill_workers(sig)
+        finally:
+            self._signalling_all = False
         if sig == signal.SIGQUIT:
             # After sending: a worker whose first quick handler ran later had it
             # merged with the group's SIGQUIT (standard signals do not queue).
@@ -324,7 +332,7 @@ class MasterStop:
         fewer workers), recorded first so that the worker need not wait to tell it
         from a SIGTERM to the whole process group (arbiter.py manage_workers).
         A worker at max_requests gets only the SIGTERM of its overlap."""
-        if sig == signal.SIGTERM and not self._stopping:
+        if sig == signal.SIGTERM and not self._stopping and not self._signalling_all:
             gate = self.reload_gate
             if gate is not None and gate.holds(pid):
                 return  # an old worker serves until the new ones are ready
@@ -333,6 +341,7 @@ class MasterStop:
             flags = flags_of(self.server.WORKERS.get(pid))
             if flags is not None:
                 flags.note_recycle()
+            self.recycles.note_sigterm(pid)
         self._kill_worker(pid, sig)
 
     def _relay_quick_stop(self, sig: int, frame: FrameType | None) -> None:

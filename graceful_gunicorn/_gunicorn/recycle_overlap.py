@@ -5,14 +5,21 @@ replacement only once it has exited (arbiter.py ``manage_workers`` counts the
 workers still there): for the stopping worker's drain plus the new one's
 import, the server has a worker less, and none at all when a small server's
 workers reach the limit together. A graceful worker that reaches it keeps
-serving instead and asks the master for a replacement (:mod:`.worker_flags`);
-on its next turn the master forks one, makes the old worker the oldest (so
-that gunicorn, now one worker over, picks it to stop), and holds gunicorn's
-SIGTERMs to it until its replacement is ready or ``recycle_ready_timeout``
-has passed. Then the old worker runs its sequence with reason ``recycle``.
+serving instead and asks the master for a replacement (:mod:`.worker_flags`).
 
-One replacement per recycling worker, and none once the server stops: a
-worker that reaches the limit then stops at once, as in gunicorn.
+On each turn of its loop the master counts the workers that will go on
+serving: not the ones that asked, nor the ones sent a SIGTERM of their own
+(``SIGTTOU``, a reload's old workers). It forks what is missing from the
+configured number (gunicorn's ``manage_workers``, which counts every worker
+still there, would not), makes the workers that asked the oldest (so that
+gunicorn, one worker over, picks them to stop) and holds gunicorn's SIGTERMs
+to them. Once as many of the others are ready as configured, or
+``recycle_ready_timeout`` after a worker asked, that worker gets the SIGTERM
+and runs its sequence with reason ``recycle``.
+
+So each recycling worker has one extra worker beside it, never more, and a
+worker lost meanwhile (a crash, a timeout) is replaced at once, as gunicorn
+would. None is forked once the server stops: a worker that asks then stops at once.
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import compat
@@ -28,18 +34,6 @@ from .worker_flags import flags_of
 
 if TYPE_CHECKING:
     from gunicorn.arbiter import Arbiter
-
-
-@dataclass
-class _Overlap:
-    """One recycling worker and the replacement forked for it."""
-
-    #: The replacement's pid (``None``: none is made, the worker stops at once).
-    replacement: int | None
-    #: When the worker stops anyway (monotonic), ready or not.
-    deadline: float
-    timeout: float = 0.0
-    released: bool = False
 
 
 class RecycleOverlap:
@@ -52,11 +46,16 @@ class RecycleOverlap:
         send_sigterm: Callable[[int], None],
     ) -> None:
         self.server = server
-        #: ``recycle_ready_timeout``, read on each new recycle (a reload may change it).
+        #: ``recycle_ready_timeout``, read on each turn (a reload may change it).
         self._timeout = timeout
         #: Sends gunicorn's own SIGTERM, past :meth:`holds`.
         self._send_sigterm = send_sigterm
-        self._overlaps: dict[int, _Overlap] = {}
+        #: The workers that asked, and when the master saw it (monotonic).
+        self._asked: dict[int, float] = {}
+        #: Those of them sent their SIGTERM.
+        self._released: set[int] = set()
+        #: Workers sent a SIGTERM of their own otherwise (they stop: not counted).
+        self._stopping: set[int] = set()
 
     @property
     def _log(self) -> Any:
@@ -64,64 +63,81 @@ class RecycleOverlap:
 
     def holds(self, pid: int) -> bool:
         """Whether gunicorn's SIGTERM to worker ``pid`` is this overlap's to send."""
-        return pid in self._overlaps
+        return pid in self._asked
+
+    def note_sigterm(self, pid: int) -> None:
+        """The master sent worker ``pid`` alone a SIGTERM: it stops, it is not counted."""
+        self._stopping.add(pid)
 
     def update(self, *, stopping: bool) -> None:
-        """On each turn of the master's loop: replace the workers that asked, and
-        release the ones whose replacement is ready (``stopping``: the server
-        stops, no more workers are made)."""
+        """On each turn of the master's loop: fork what is missing, and release the
+        workers that asked once enough others are ready (``stopping``: the server
+        stops, nothing is forked and they go at once)."""
         workers = self.server.WORKERS
-        for pid in [pid for pid in self._overlaps if pid not in workers]:
-            del self._overlaps[pid]
+        for gone in [pid for pid in self._asked if pid not in workers]:
+            del self._asked[gone]
+            self._released.discard(gone)
+        self._stopping &= set(workers)
+        now = time.monotonic()
         for pid, worker in list(workers.items()):
             flags = flags_of(worker)
-            if flags is not None and flags.wants_replacement and pid not in self._overlaps:
-                self._begin(pid, stopping=stopping)
-        now = time.monotonic()
-        for pid, overlap in self._overlaps.items():
-            if not overlap.released:
-                self._maybe_release(pid, overlap, now)
-
-    def _begin(self, pid: int, *, stopping: bool) -> None:
+            if flags is not None and flags.wants_replacement and pid not in self._asked:
+                self._asked[pid] = now
+                compat.make_oldest(self.server, pid)
+        if not self._asked:
+            return  # gunicorn's own count is right
+        waiting = [pid for pid in self._asked if pid not in self._released]
         timeout = self._timeout()
         if stopping or timeout <= 0:
-            self._overlaps[pid] = _Overlap(None, time.monotonic())
+            for pid in waiting:
+                self._release(pid)
             return
-        compat.make_oldest(self.server, pid)
-        # In the forked child this call does not return: the worker's process
-        # leaves the master's loop here, as from gunicorn's own spawn_workers.
-        replacement = self.server.spawn_worker()
-        self._overlaps[pid] = _Overlap(replacement, time.monotonic() + timeout, timeout)
-        self._log.info(
-            "graceful_gunicorn: worker %s reached max_requests; it serves until its "
-            "replacement %s is ready (at most recycle_ready_timeout=%gs)",
-            pid,
-            replacement,
-            timeout,
-        )
-
-    def _maybe_release(self, pid: int, overlap: _Overlap, now: float) -> None:
-        replacement = overlap.replacement
-        if replacement is not None:
-            worker = self.server.WORKERS.get(replacement)
-            flags = flags_of(worker)
-            if worker is not None and (flags is None or not flags.ready):
-                if now < overlap.deadline:
-                    return
+        staying = [pid for pid in workers if pid not in self._asked and pid not in self._stopping]
+        for _ in range(self.server.num_workers - len(staying)):
+            # In the forked child this call does not return: the worker's process
+            # leaves the master's loop here, as from gunicorn's own spawn_workers.
+            staying.append(self.server.spawn_worker())
+            self._log.info(
+                "graceful_gunicorn: worker %s forked beside %d worker(s) at max_requests, "
+                "which serve until it is ready (at most recycle_ready_timeout=%gs)",
+                staying[-1],
+                len(waiting),
+                timeout,
+            )
+        if not waiting:
+            return
+        ready = [pid for pid in staying if _ready(workers.get(pid))]
+        if len(ready) >= self.server.num_workers:
+            for pid in waiting:
+                self._release(pid)
+            return
+        for pid in waiting:
+            if now >= self._asked[pid] + timeout:
                 self._log.warning(
-                    "graceful_gunicorn: the replacement %s of worker %s is not ready after "
-                    "recycle_ready_timeout=%gs; worker %s stops anyway",
-                    replacement,
-                    pid,
-                    overlap.timeout,
+                    "graceful_gunicorn: %d of %d worker(s) ready after "
+                    "recycle_ready_timeout=%gs; worker %s, at max_requests, stops anyway",
+                    len(ready),
+                    self.server.num_workers,
+                    timeout,
                     pid,
                 )
-        overlap.released = True
+                self._release(pid)
+
+    def _release(self, pid: int) -> None:
+        self._released.add(pid)
         flags = flags_of(self.server.WORKERS.get(pid))
         if flags is not None:
             flags.note_recycle()
         with suppress(OSError):
             self._send_sigterm(pid)
+
+
+def _ready(worker: object) -> bool:
+    """Whether a worker serves: a graceful one once it said so, any other at once."""
+    if worker is None:
+        return False
+    flags = flags_of(worker)
+    return flags is None or flags.ready
 
 
 __all__ = ["RecycleOverlap"]

@@ -87,6 +87,8 @@ _REPORT_FIELDS = {
     "requests_drained": _count,
     "requests_abandoned": _count,
     "duration": _seconds,
+    # A new worker of a reload that could not load the app (reload_gate.py).
+    "not_booted": lambda value: isinstance(value, bool),
 }
 _CALLBACK_FIELDS = {
     "name": _text,
@@ -145,16 +147,20 @@ def build(record: MasterStopRecord, reports: Mapping[int, Any]) -> dict[str, Any
     ``requests.uncounted_workers`` says how many workers they are.
     """
     usable = {pid: r for pid, r in reports.items() if report_problem(r) is None}
-    counted = [pid for pid in record.workers if pid in usable]
+    # A reload's new worker that could not load the app never served: not stopped.
+    not_booted = [p for p in record.workers if usable.get(p, {}).get("not_booted") is True]
+    stopped = [pid for pid in record.workers if pid not in not_booted]
+    counted = [pid for pid in stopped if pid in usable]
     reported = [pid for pid in counted if pid not in record.sigkilled]
     forced = [pid for pid in reported if usable[pid].get("forced_exit") is True]
     clean = [pid for pid in reported if pid not in forced]
-    killed = [pid for pid in record.workers if pid not in reported]
+    killed = [pid for pid in stopped if pid not in reported]
     workers = {
-        "stopped": len(record.workers),
+        "stopped": len(stopped),
         "clean": len(clean),
         "killed": len(killed),
         "forced": len(forced),
+        "not_booted": len(not_booted),
     }
     callbacks = {outcome: 0 for outcome in OUTCOMES}
     drained = abandoned = 0
@@ -177,7 +183,7 @@ def build(record: MasterStopRecord, reports: Mapping[int, Any]) -> dict[str, Any
         "requests": {
             "drained": drained,
             "abandoned": abandoned,
-            "uncounted_workers": len(record.workers) - len(counted),
+            "uncounted_workers": len(stopped) - len(counted),
         },
         "callbacks": callbacks,
         "worker_reports": [dict(usable[pid]) for pid in counted],
@@ -188,6 +194,8 @@ def summary_line(summary: Mapping[str, Any]) -> str:
     """The one-line, human-readable form of :func:`build`'s result."""
     workers, requests, callbacks = summary["workers"], summary["requests"], summary["callbacks"]
     forced = f", {workers['forced']} forced to exit" if workers.get("forced") else ""
+    if workers.get("not_booted"):
+        forced += f" ({workers['not_booted']} of a failed reload never loaded the app)"
     uncounted = requests.get("uncounted_workers", 0)
     unknown = f" (not counting {uncounted} worker(s) without a report)" if uncounted else ""
     return (

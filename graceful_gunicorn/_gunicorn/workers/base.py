@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import suppress
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,7 +30,7 @@ from ..._core.lifecycle import Lifecycle
 from ..._core.settings import SettingsError
 from ..._wsgi.discovery import find_lifecycle
 from ..._wsgi.lifecycle import Lifecycle as WSGILifecycle
-from .. import compat, listeners, master_state
+from .. import compat, listeners, master_state, worker_reports
 from ..server_settings import check_lifecycle_fits, settings_in_force
 from ..worker_flags import WorkerFlags
 from .shutdown import WorkerShutdown
@@ -90,14 +91,19 @@ class GracefulWorkerMixin(_Base):
 
     @alive.setter
     def alive(self, value: bool) -> None:
-        if not value and self._serve_until_replaced():
+        if not value and self._serve_until_replaced(sys._getframe(1)):
             return
         self._alive = value
 
-    def _serve_until_replaced(self) -> bool:
+    def _serve_until_replaced(self, caller: FrameType) -> bool:
         """At ``max_requests`` gunicorn stops the worker (``alive = False`` in its
         ``handle_request``, every worker class); serve on instead while the master
-        forks the replacement (recycle_overlap.py). Whether this worker does."""
+        forks the replacement (recycle_overlap.py). Whether this worker does.
+
+        ``caller`` set ``alive``: only gunicorn's request path means max_requests
+        (``--reload``'s ``changed`` and the signal handlers set it too)."""
+        if caller.f_code.co_name not in compat.MAX_REQUESTS_STOPS_IN:
+            return False
         flags, shutdown = getattr(self, "flags", None), getattr(self, "shutdown", None)
         if flags is None or shutdown is None or shutdown.requested is not None:
             return False
@@ -189,6 +195,8 @@ class GracefulWorkerMixin(_Base):
                 os.getpid(),
             )
         state.note_reload_failure(self.generation)
+        with suppress(OSError):  # the summary leaves it out: it never served
+            worker_reports.write({"pid": os.getpid(), "not_booted": True})
         sys.exit(0)
 
     def _refuse_or_serve_anyway(self, state: master_state.MasterState | None, problem: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -52,7 +53,7 @@ class GracefulThread(GracefulWorkerMixin, ThreadWorker):
 
     @alive.setter
     def alive(self, value: bool) -> None:
-        if not value and self._serve_until_replaced():
+        if not value and self._serve_until_replaced(sys._getframe(1)):
             return
         shutdown = getattr(self, "shutdown", None)  # unset while Worker.__init__ runs
         if not value and self._serving and shutdown is not None and shutdown.requested is None:

@@ -131,12 +131,14 @@ class StopSignals:
 
         Ignored while the master holds ``shutdown_delay``: a SIGTERM sent to the
         whole process group reaches the workers too, and the master sends its
-        own when the delay is over.
+        own when the delay is over. Not the one the master sent this worker
+        alone (a recycle it noted first).
         """
         with self._lock:
             if self._reason is not None:
                 return Decision.NOTHING
-            if _master_holds_delay():
+            sent_alone = self._flags is not None and self._flags.recycle
+            if _master_holds_delay() and not sent_alone:
                 self._ignored_sigterm = True
                 return Decision.IGNORED
             reason = self.term_reason()
