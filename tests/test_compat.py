@@ -288,15 +288,15 @@ def test_listeners_die_with_server_mirrors_gunicorns_own_unlink_condition() -> N
     stop = _source(Arbiter.stop)
     assert "self.reexec_pid == self.master_pid == 0" in stop
     assert "not self.systemd" in stop and "self.cfg.reuse_port" in stop
-    arbiter = SimpleNamespace(
-        reexec_pid=0, master_pid=0, systemd=False, cfg=SimpleNamespace(reuse_port=False)
-    )
+    cfg = SimpleNamespace(reuse_port=False, bind=["127.0.0.1:8000", "unix:/run/app.sock"])
+    arbiter = SimpleNamespace(reexec_pid=0, master_pid=0, systemd=False, cfg=cfg)
     assert compat.listeners_die_with_server(arbiter)
     for name, value in (("reexec_pid", 7), ("master_pid", 7), ("systemd", True)):
-        assert not compat.listeners_die_with_server(
-            SimpleNamespace(**{**vars(arbiter), name: value})
-        )
-    arbiter.cfg.reuse_port = True
+        shared = SimpleNamespace(**{**vars(arbiter), name: value})
+        assert not compat.listeners_die_with_server(shared)
+    cfg.bind = ["127.0.0.1:8000", "fd://3"]  # a parent process's socket
+    assert not compat.listeners_die_with_server(arbiter)
+    cfg.bind, cfg.reuse_port = ["127.0.0.1:8000"], True
     assert not compat.listeners_die_with_server(arbiter)
 
 

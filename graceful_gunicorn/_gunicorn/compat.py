@@ -94,13 +94,15 @@ def make_newest(server: Any, pids: list[int]) -> None:
 
 def listeners_die_with_server(server: Any) -> bool:
     """Whether the master's listening sockets end with it: not inherited from
-    systemd, not shared with a master of a binary upgrade (``USR2``), not one
-    per worker (``reuse_port``). gunicorn unlinks a unix socket's file on the
-    same condition (arbiter.py ``stop``, every version)."""
+    systemd or from a parent process (``--bind fd://N``), not shared with a
+    master of a binary upgrade (``USR2``), not given to each worker
+    (``reuse_port``, 27+). gunicorn unlinks a unix socket's file on the same
+    condition, but for ``fd://`` (arbiter.py ``stop``, every version)."""
     return (
         server.reexec_pid == server.master_pid == 0
         and not server.systemd
         and not server.cfg.reuse_port
+        and not any(str(address).startswith("fd://") for address in server.cfg.bind)
     )
 
 

@@ -9,12 +9,14 @@ on one (a proxy's fresh upstream connection) gets an error after the request
 left: nginx does not resend a ``POST`` then (``proxy_next_upstream``), and
 answers 502.
 
-So the master, when the whole server stops gracefully and its listeners are
-its own, makes them drop new connection attempts (a socket filter that drops
-every packet reaching the listening socket, Linux): the connections already
-queued are served by the workers, which keep accepting until the queue is
-empty; a client whose attempt was dropped tries again, and is refused once the
-socket is gone, before it sent anything, which any proxy safely sends elsewhere.
+So when the whole server stops gracefully and its listeners are the master's
+own, each worker, as it stops accepting, makes them drop new connection
+attempts (a socket filter that drops TCP SYNs, Linux; handshakes already under
+way complete): the connections already queued are served, as the worker keeps
+accepting until the queue is empty. A client whose attempt was dropped tries
+again (its kernel, after 1 s), and is refused once the last process closed the
+socket; a proxy gives up on it after its connect timeout. Either way nothing
+was sent, and any proxy safely sends the request elsewhere.
 """
 
 from __future__ import annotations
@@ -30,9 +32,21 @@ from typing import Any
 #: ``SO_ATTACH_FILTER`` in Linux's ``asm-generic/socket.h``.
 _SO_ATTACH_FILTER = 26
 
-#: One classic BPF instruction, ``BPF_RET | BPF_K`` with ``k = 0``: keep no byte
-#: of any packet (``struct sock_filter``: code, jt, jf, k).
-_DROP_EVERYTHING = struct.pack("HBBI", 0x06, 0, 0, 0)
+#: A classic BPF program (``struct sock_filter``: code, jt, jf, k) that drops a
+#: connection attempt and keeps every other packet. A TCP listener's filter sees
+#: the TCP header (net/ipv4/tcp_ipv4.c ``tcp_v4_rcv``, ``tcp_filter``), also for
+#: the last packet of a handshake already under way, which must pass: its
+#: client may have sent its request behind it.
+_DROP_CONNECTION_ATTEMPTS = b"".join(
+    struct.pack("HBBI", *instruction)
+    for instruction in (
+        (0x30, 0, 0, 13),  # BPF_LD | BPF_B | BPF_ABS: A = the flags byte
+        (0x54, 0, 0, 0x12),  # BPF_ALU | BPF_AND | BPF_K: A &= SYN | ACK
+        (0x15, 0, 1, 0x02),  # BPF_JMP | BPF_JEQ | BPF_K: a SYN without ACK?
+        (0x06, 0, 0, 0),  # BPF_RET | BPF_K: yes, keep no byte (drop it)
+        (0x06, 0, 0, 0xFFFFFFFF),  # BPF_RET | BPF_K: no, keep it whole
+    )
+)
 
 #: ``TCP_LISTEN`` in Linux's ``tcp_states.h``.
 _TCP_LISTEN = 10
@@ -50,10 +64,11 @@ def refuse_new_connections(listeners: Iterable[Any]) -> bool:
     """
     if not sys.platform.startswith("linux"):
         return False
-    program = ctypes.create_string_buffer(_DROP_EVERYTHING, len(_DROP_EVERYTHING))
+    code = _DROP_CONNECTION_ATTEMPTS
+    program = ctypes.create_string_buffer(code, len(code))
     # struct sock_fprog: the number of instructions and a pointer to them
     # (the kernel copies them during the call).
-    fprog = struct.pack("HL", 1, ctypes.addressof(program))
+    fprog = struct.pack("HL", len(code) // 8, ctypes.addressof(program))
     refused = False
     for listener in listeners:
         if not _is_tcp(listener):
@@ -86,10 +101,11 @@ def queued(listeners: Iterable[Any]) -> int | None:
 
 
 def wait_until_accepted(listeners: Iterable[Any], until: float) -> None:
-    """Wait (until the monotonic time ``until`` at most) for the accept queues to empty."""
-    listeners = list(listeners)
+    """Wait (until the monotonic time ``until`` at most) for the TCP listeners'
+    accept queues to empty."""
+    tcp = [listener for listener in listeners if _is_tcp(listener)]
     while time.monotonic() < until:
-        waiting = queued(listeners)
+        waiting = queued(tcp)
         if not waiting:
             return
         time.sleep(0.005)

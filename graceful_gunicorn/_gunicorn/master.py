@@ -27,7 +27,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .._core.settings import Settings, SettingsError
-from . import compat, listeners, master_state, worker_reports
+from . import compat, master_state, worker_reports
 from .recycle_overlap import RecycleOverlap
 from .reload_gate import ReloadGate
 from .server_settings import settings_in_force
@@ -272,13 +272,8 @@ class MasterStop:
             self.reload_gate.close()
             self.reload_gate = None
         self.state.begin_stop(kind, time.monotonic())
-        if (
-            kind == master_state.STOP_TERMINATE
-            and not self.state.refusing
-            and compat.listeners_die_with_server(self.server)
-            and listeners.refuse_new_connections(self.server.LISTENERS)
-        ):
-            self.state.note_refusing()
+        if kind == master_state.STOP_TERMINATE and compat.listeners_die_with_server(self.server):
+            self.state.note_listeners_die()  # the workers refuse new connections (listeners.py)
         if kind == master_state.STOP_TERMINATE and compat.MASTER_DEAF_WHILE_STOPPING:
             for sig in (signal.SIGINT, signal.SIGQUIT):
                 signal.signal(sig, self._relay_quick_stop)

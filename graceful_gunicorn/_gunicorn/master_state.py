@@ -53,9 +53,9 @@ _READY_COUNT = struct.Struct("<H")
 _READY_COUNT_AT = _READY_GENERATION_AT + _GENERATION.size
 _CLAIMED_GENERATION_AT = _READY_COUNT_AT + _READY_COUNT.size
 _FAILED_GENERATION_AT = _CLAIMED_GENERATION_AT + _GENERATION.size
-# Then one byte: the master made its listeners refuse new connections (listeners.py).
-_REFUSING = _FAILED_GENERATION_AT + _GENERATION.size
-_SIZE = _REFUSING + 1
+# Then one byte: the master's listeners end with its graceful stop (listeners.py).
+_LISTENERS_DIE = _FAILED_GENERATION_AT + _GENERATION.size
+_SIZE = _LISTENERS_DIE + 1
 
 
 class MasterState:
@@ -157,15 +157,16 @@ class MasterState:
         """Whether the master's graceful stop turned quick inside gunicorn's ``stop()``."""
         return self._map[_ESCALATED] != 0
 
-    def note_refusing(self) -> None:
-        """From the master: its listeners refuse new connections; the workers accept
-        what is queued before they stop accepting."""
-        self._map[_REFUSING] = 1
+    def note_listeners_die(self) -> None:
+        """From the master: its graceful stop began, and its listeners are its own
+        (no other server will use them): a stopping worker makes them refuse new
+        connections, and accepts what is queued first (listeners.py)."""
+        self._map[_LISTENERS_DIE] = 1
 
     @property
-    def refusing(self) -> bool:
-        """Whether the master's listeners refuse new connections (its graceful stop)."""
-        return self._map[_REFUSING] != 0
+    def listeners_die(self) -> bool:
+        """Whether the master's listeners end with its graceful stop."""
+        return self._map[_LISTENERS_DIE] != 0
 
     def _generation_at(self, offset: int) -> int:
         return int(_GENERATION.unpack_from(self._map, offset)[0])

@@ -31,6 +31,7 @@ from ..._core.settings import SettingsError
 from ..._wsgi.discovery import find_lifecycle
 from ..._wsgi.lifecycle import Lifecycle as WSGILifecycle
 from .. import compat, listeners, master_state, worker_reports
+from ..master_state import STOP_TERMINATE
 from ..server_settings import check_lifecycle_fits, settings_in_force
 from ..worker_flags import WorkerFlags
 from .shutdown import WorkerShutdown
@@ -280,14 +281,18 @@ class GracefulWorkerMixin(_Base):
     def stop_serving(self, drain_seconds: float) -> None:
         """Stop accepting; gunicorn's own drain may take ``drain_seconds`` at most.
 
-        When the master's listeners refuse new connections (its graceful stop,
-        listeners.py), the connections already queued are accepted first, as
-        gunicorn's loop accepts them, for ``BACKLOG_ACCEPT_WAIT`` at most.
+        When the server stops and its listeners end with it (listeners.py),
+        they refuse new connections from now on, and the connections already
+        queued are accepted first, as gunicorn's loop accepts them, for
+        ``BACKLOG_ACCEPT_WAIT`` at most.
         """
         state = master_state.current()
-        if state is not None and state.refusing:
+        if state is not None and state.listeners_die and state.stop_kind == STOP_TERMINATE:
+            began = time.monotonic()
+            listeners.refuse_new_connections(self.sockets)
             wait = min(BACKLOG_ACCEPT_WAIT, drain_seconds / 2)
-            listeners.wait_until_accepted(self.sockets, time.monotonic() + wait)
+            listeners.wait_until_accepted(self.sockets, began + wait)
+            drain_seconds = max(0.0, drain_seconds - (time.monotonic() - began))
         # Each worker reads graceful_timeout when its drain starts; this copy of
         # the config belongs to this process alone.
         compat.set_graceful_timeout(self.cfg, drain_seconds)
