@@ -29,6 +29,13 @@ class LoadResult:
     #: When each of those was sent (wall clock, as in gunicorn's log) and how long it took.
     slow: list[str] = field(default_factory=list)
 
+    def figures(self) -> str:
+        """One line for the record: sent, failed and why, the slowest, how many over 1 s."""
+        return (
+            f"sent {self.sent}, failed {self.failed} {dict(self.errors)}, "
+            f"slowest {self.slowest:.2f}s, {self.over_one_second} over 1 s"
+        )
+
 
 class Load:
     """``connections`` clients sending ``path`` until stopped or bounded out."""

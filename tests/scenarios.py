@@ -12,9 +12,10 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from .server import Gunicorn, Response, http_get
+from .server import Gunicorn, Response, http_get, process_gone
 
 #: The app most scenarios serve: it records each callback it runs (``events``).
 APP = "tests.apps.events_app:app"
@@ -30,6 +31,13 @@ def worker_args(worker_class: str, workers: int = 2) -> list[str]:
     if worker_class == "gthread":
         args += ["--threads", "4"]
     return args
+
+
+def running_children(pid: int) -> set[int]:
+    """The children of process ``pid`` that have not exited (Linux /proc): a
+    master's workers, and during a binary upgrade its new master."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {int(child) for child in children if not process_gone(int(child))}
 
 
 def send_in_background(

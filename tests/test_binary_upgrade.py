@@ -19,18 +19,13 @@ import pytest
 
 from .conftest import WORKER_CLASSES
 from .load import Load, LoadResult
-from .scenarios import GRACEFUL, worker_args
+from .scenarios import GRACEFUL, running_children, worker_args
 from .server import Gunicorn, http_get, process_gone, wait_until
 
 SLOW_APP = "tests.apps.slow_boot_app:app"
 #: gunicorn's console script beside this Python (see GunicornServer's ``command``).
 CONSOLE_SCRIPT = [str(Path(sys.executable).with_name("gunicorn"))]
 _STARTING = re.compile(r"\[(\d+)\] \[INFO\] Starting gunicorn")
-
-
-def _children(pid: int) -> set[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return {int(child) for child in children if not process_gone(int(child))}
 
 
 def _new_master(server: Gunicorn) -> int | None:
@@ -53,8 +48,10 @@ def _upgrade_under_load(server: Gunicorn) -> tuple[LoadResult, int, int]:
     wait_until(lambda: _new_master(server) is not None, 20, "the new master")
     new = _new_master(server)
     assert new is not None
-    wait_until(lambda: len(_children(new) - {server.pid}) >= 2, 30, "the new master's workers")
-    new_workers = _children(new)
+    wait_until(
+        lambda: len(running_children(new) - {server.pid}) >= 2, 30, "the new master's workers"
+    )
+    new_workers = running_children(new)
     wait_until(lambda: _answered_by(server, new_workers), 30, "a new worker to answer")
     server.signal(signal.SIGTERM)
     assert server.wait_exit(30) == 0
@@ -95,9 +92,5 @@ def test_a_binary_upgrade_under_load_fails_no_request(
                 assert re.search(summary, log), f"{master}\n{log}"
             assert "reason terminate" in log and "reason reload" not in log
     plain, graceful = results["plain"], results["graceful"]
-    print(
-        f"{worker_class} binary upgrade: plain sent {plain.sent}, failed {plain.failed} "
-        f"{dict(plain.errors)}, slowest {plain.slowest:.2f}s; graceful sent {graceful.sent}, "
-        f"failed {graceful.failed} {dict(graceful.errors)}, slowest {graceful.slowest:.2f}s"
-    )
+    print(f"{worker_class} binary upgrade: plain {plain.figures()}; graceful {graceful.figures()}")
     assert graceful.failed == 0, graceful.errors

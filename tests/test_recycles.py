@@ -16,8 +16,8 @@ import pytest
 
 from .conftest import WORKER_CLASSES
 from .load import Load, LoadResult
-from .scenarios import GRACEFUL, worker_args
-from .server import Gunicorn, http_get, process_gone, wait_until
+from .scenarios import GRACEFUL, running_children, worker_args
+from .server import Gunicorn, http_get, wait_until
 
 SLOW_APP = "tests.apps.slow_boot_app:app"
 BOOT_SECONDS = 3.0
@@ -32,12 +32,6 @@ RECYCLES = 4
 #: The master forks a worker beside those at max_requests; they serve until it is ready.
 _FORKED = re.compile(r"worker (\d+) forked beside \d+ worker\(s\) at max_requests")
 _WAITING = re.compile(r"worker (\d+) serves on until the master has its replacement")
-
-
-def _running_workers(server: Gunicorn) -> set[int]:
-    """The master's children that have not exited (Linux /proc)."""
-    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
-    return {int(pid) for pid in children if not process_gone(int(pid))}
 
 
 class _MostWorkers:
@@ -55,7 +49,7 @@ class _MostWorkers:
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
             try:
-                self.most = max(self.most, len(_running_workers(self.server)))
+                self.most = max(self.most, len(running_children(self.server.pid)))
             except OSError:
                 return
 
@@ -71,7 +65,7 @@ def _recycled_twice(server: Gunicorn) -> bool:
     if len(booted) < 2 + RECYCLES:
         return False
     newest = set(booted[RECYCLES:])
-    if not _running_workers(server) <= newest:
+    if not running_children(server.pid) <= newest:
         return False
     return http_get(server.port, "/hello", 10).ok
 
@@ -126,12 +120,8 @@ def test_a_recycling_worker_serves_until_its_replacement_is_ready(
             assert len(replacements) <= len(recyclers)
     (plain, plain_most), (graceful, graceful_most) = results["plain"], results["graceful"]
     print(
-        f"{worker_class} recycles of a 3 s boot: plain sent {plain.sent}, failed "
-        f"{plain.failed} {dict(plain.errors)}, slowest {plain.slowest:.2f}s, "
-        f"{plain.over_one_second} over 1 s, at most {plain_most} workers; graceful sent "
-        f"{graceful.sent}, failed {graceful.failed} {dict(graceful.errors)}, slowest "
-        f"{graceful.slowest:.2f}s, {graceful.over_one_second} over 1 s, at most "
-        f"{graceful_most} workers"
+        f"{worker_class} recycles of a 3 s boot: plain {plain.figures()}, at most "
+        f"{plain_most} workers; graceful {graceful.figures()}, at most {graceful_most} workers"
     )
     assert graceful.failed == 0, graceful.errors
     assert graceful.over_one_second == 0, f"{graceful.slow}\n{log}"

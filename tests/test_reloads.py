@@ -16,8 +16,8 @@ import pytest
 
 from .conftest import WORKER_CLASSES
 from .load import Load, LoadResult
-from .scenarios import GRACEFUL, worker_args
-from .server import Gunicorn, http_get, process_gone, wait_until
+from .scenarios import GRACEFUL, running_children, worker_args
+from .server import Gunicorn, http_get, wait_until
 
 SLOW_APP = "tests.apps.slow_boot_app:app"
 #: The scenario of the issue: the app imports for 3 s, two SIGHUPs 7 s apart.
@@ -29,16 +29,10 @@ def _booted(server: Gunicorn) -> list[int]:
     return server.worker_pids()
 
 
-def _running_workers(server: Gunicorn) -> set[int]:
-    """The master's children that have not exited (Linux /proc)."""
-    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
-    return {int(pid) for pid in children if not process_gone(int(pid))}
-
-
 def _new_generation_serves(server: Gunicorn, booted_before: int) -> bool:
     """Whether only the workers booted after ``booted_before`` are left, and one answers."""
     new = set(_booted(server)[booted_before:])
-    if len(new) < 2 or not _running_workers(server) <= new:
+    if len(new) < 2 or not running_children(server.pid) <= new:
         return False
     response = http_get(server.port, "/hello", 10)
     return response.ok and int(response.body) in new
@@ -80,10 +74,8 @@ def test_a_reload_keeps_the_old_workers_serving_until_the_new_ones_are_ready(
         server.stop()
     plain, graceful = results["plain"], results["graceful"]
     print(
-        f"{worker_class} reload of a 3 s boot: plain sent {plain.sent}, failed {plain.failed} "
-        f"{dict(plain.errors)}, slowest {plain.slowest:.2f}s, {plain.over_one_second} over 1 s; "
-        f"graceful sent {graceful.sent}, failed {graceful.failed} {dict(graceful.errors)}, "
-        f"slowest {graceful.slowest:.2f}s, {graceful.over_one_second} over 1 s"
+        f"{worker_class} reload of a 3 s boot: plain {plain.figures()}; "
+        f"graceful {graceful.figures()}"
     )
     assert graceful.failed == 0, graceful.errors
     assert graceful.over_one_second == 0, f"{graceful.slow}\n{graceful_log}"
@@ -114,13 +106,13 @@ def test_a_reload_whose_app_cannot_load_leaves_the_old_workers_serving(
 
     server = gunicorn([*GRACEFUL, *worker_args(worker_class), SLOW_APP], env)
     server.wait_ready(workers=2, path="/hello", timeout=30)
-    old = _running_workers(server)
+    old = running_children(server.pid)
     load = Load(server.port, "/hello", connections=4, max_seconds=90).start()
     wait_until(lambda: load.result.sent >= 20, 20, "the load to run")
     broken.touch()
     server.signal(signal.SIGHUP)
     wait_until(lambda: "reload failed" in server.log(), 30, "the failed reload")
-    wait_until(lambda: _running_workers(server) == old, 30, "the new workers to be gone")
+    wait_until(lambda: running_children(server.pid) == old, 30, "the new workers to be gone")
     served = http_get(server.port, "/hello", 10)
     broken.unlink()
     booted = len(_booted(server))
@@ -171,13 +163,13 @@ def test_a_second_sighup_while_a_reload_fails_keeps_the_server_serving(
     env = {"BOOT_SECONDS": "0.3", "BROKEN_MARKER": str(broken)}
     server = gunicorn([*GRACEFUL, *worker_args("sync"), SLOW_APP], env)
     server.wait_ready(workers=2, path="/hello", timeout=30)
-    old = _running_workers(server)
+    old = running_children(server.pid)
     broken.touch()
     server.signal(signal.SIGHUP)
     time.sleep(0.2)  # the scenario: a second SIGHUP while the first reload's workers boot
     server.signal(signal.SIGHUP)
     wait_until(lambda: server.log().count("reload failed") >= 1, 30, "a failed reload")
-    wait_until(lambda: _running_workers(server) == old, 30, "only the old workers")
+    wait_until(lambda: running_children(server.pid) == old, 30, "only the old workers")
     served = http_get(server.port, "/hello", 10)
     assert served.ok and int(served.body) in old, server.log()
     broken.unlink()
