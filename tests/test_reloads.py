@@ -186,11 +186,11 @@ def test_a_stop_while_the_new_workers_boot_is_read_at_once(
     """1. a deploy makes the next import take 6 s 2. SIGHUP 3. SIGTERM once the
     new workers import.
 
-    Result: the master reads the SIGTERM at once (well before the 6 s import ends),
-    on plain gunicorn and with the
-    gate holding (gunicorn 24+ reads no signal while its reload waits for the old
-    workers; the gate ends that wait), and every process exits before
-    graceful_timeout.
+    Result: with the gate holding, the master reads the SIGTERM at once (well
+    before the 6 s import ends): gunicorn 24+ reads no signal while its reload
+    waits for the old workers, and the gate ends that wait. Plain gunicorn reads
+    it once its old workers have exited (seconds on a busy machine, at most its
+    graceful_timeout). Every process exits before graceful_timeout.
     """
     seconds_file = tmp_path / "boot-seconds"
     env = {"BOOT_SECONDS_FILE": str(seconds_file)}
@@ -204,7 +204,8 @@ def test_a_stop_while_the_new_workers_boot_is_read_at_once(
     if side == "graceful":
         wait_until(lambda: "the old workers serve until" in server.log(), 10, "the gate")
     server.signal(signal.SIGTERM)
-    wait_until(lambda: "Handling signal: term" in server.log(), 4, "the SIGTERM to be read")
+    read_within = 4 if side == "graceful" else 10  # plain: its reload's wait, at most
+    wait_until(lambda: "Handling signal: term" in server.log(), read_within, "the SIGTERM read")
     assert server.wait_exit(10) == 0
 
 
