@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pytest
-
 from graceful_gunicorn._gunicorn.recycle_overlap import RecycleOverlap
 from graceful_gunicorn._gunicorn.worker_flags import WorkerFlags
 
@@ -147,11 +145,22 @@ def test_a_worker_sent_its_own_sigterm_is_not_counted() -> None:
     assert sorted(master.WORKERS) == [1001, 1002, 1003, 1004]
 
 
-@pytest.mark.parametrize("stopping, timeout", [(True, 30.0), (False, 0.0)])
-def test_no_replacement_during_a_stop_or_when_turned_off(stopping: bool, timeout: float) -> None:
+def test_turned_off_a_worker_at_max_requests_stops_at_once() -> None:
     master = _Master(2)
-    overlap = _overlap(master, timeout)
+    overlap = _overlap(master, timeout=0.0)
     master.WORKERS[1001].flags.ask_for_replacement()
-    overlap.update(stopping=stopping)
+    overlap.update(stopping=False)
     assert sorted(master.WORKERS) == [1001, 1002]
-    assert master.sigterms == [1001]  # it stops at once, as in gunicorn
+    assert master.sigterms == [1001]  # as in gunicorn
+
+
+def test_while_the_server_goes_away_a_worker_at_max_requests_serves_on_alone() -> None:
+    """shutdown_delay: no extra worker, and no hole either; the server's stop ends it."""
+    master = _Master(2)
+    overlap = _overlap(master)
+    master.WORKERS[1001].flags.ask_for_replacement()
+    overlap.update(stopping=True)
+    overlap.update(stopping=True)
+    assert sorted(master.WORKERS) == [1001, 1002]
+    assert master.sigterms == []
+    assert overlap.holds(1001)  # the master's kill_workers is not held (master.py)

@@ -19,7 +19,8 @@ and runs its sequence with reason ``recycle``.
 
 So each recycling worker has one extra worker beside it, never more, and a
 worker lost meanwhile (a crash, a timeout) is replaced at once, as gunicorn
-would. None is forked once the server stops: a worker that asks then stops at once.
+would. None is forked once the server is going away (``shutdown_delay``): a
+worker at ``max_requests`` then serves on until the server's stop.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class RecycleOverlap:
     def update(self, *, stopping: bool) -> None:
         """On each turn of the master's loop: fork what is missing, and release the
         workers that asked once enough others are ready (``stopping``: the server
-        stops, nothing is forked and they go at once)."""
+        is going away; nothing is forked or released)."""
         workers = self.server.WORKERS
         for gone in [pid for pid in self._asked if pid not in workers]:
             del self._asked[gone]
@@ -88,9 +89,13 @@ class RecycleOverlap:
             return  # gunicorn's own count is right
         waiting = [pid for pid in self._asked if pid not in self._released]
         timeout = self._timeout()
-        if stopping or timeout <= 0:
+        if timeout <= 0:
             for pid in waiting:
                 self._release(pid)
+            return
+        if stopping:
+            # shutdown_delay: they serve on, with no extra worker, until the
+            # server's graceful stop signals every worker (nothing holds that).
             return
         staying = [pid for pid in workers if pid not in self._asked and pid not in self._stopping]
         for _ in range(self.server.num_workers - len(staying)):

@@ -114,7 +114,7 @@ class GracefulWorkerMixin(_Base):
         if (
             self.nr < self.max_requests
             or state is None
-            or state.going_away
+            or state.stop_recorded
             or shutdown.settings.recycle_ready_timeout <= 0
         ):
             return False
