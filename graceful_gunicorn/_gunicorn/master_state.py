@@ -81,11 +81,6 @@ class MasterState:
         """The shared memory itself: byte 0 is non-zero once the server is going away."""
         return self._map
 
-    @property
-    def going_away(self) -> bool:
-        """Whether the server is going away (from its SIGTERM on, delay included)."""
-        return self._map[0] != 0
-
     def announce_going_away(self) -> None:
         """From now on every worker reports not ready (readiness 503)."""
         self._map[0] = 1
