@@ -92,6 +92,47 @@ def test_workers_at_max_requests_together_each_get_one_replacement() -> None:
     assert sorted(master.WORKERS) == [1001, 1002, 1003, 1004]  # no more
 
 
+def test_a_worker_waiting_for_its_replacement_still_counts_as_serving() -> None:
+    """Both at max_requests together, both serving: the first replacement that is
+    ready lets one of them stop (the other still serves); the second, the other."""
+    master = _Master(2)
+    overlap = _overlap(master)
+    for pid in (1001, 1002):
+        master.WORKERS[pid].flags.mark_ready()
+        master.WORKERS[pid].flags.ask_for_replacement()
+    overlap.update(stopping=False)
+    master.WORKERS[1004].flags.mark_ready()
+    overlap.update(stopping=False)
+    assert master.sigterms == [1001]  # 1002 and 1004 serve
+    master.WORKERS[1003].flags.mark_ready()
+    overlap.update(stopping=False)
+    assert master.sigterms == [1001, 1002]
+    assert sorted(master.WORKERS) == [1001, 1002, 1003, 1004]
+
+
+def test_a_replacement_at_max_requests_before_the_master_saw_it_ready_frees_its_recycler() -> None:
+    """A small max_requests under load: the replacement asks for its own before the
+    master's next turn. Its recycler stops all the same (at once, not at the
+    timeout), and each asker still gets one replacement, never more."""
+    master = _Master(1)
+    overlap = _overlap(master)
+    master.WORKERS[1001].flags.mark_ready()
+    master.WORKERS[1001].flags.ask_for_replacement()
+    overlap.update(stopping=False)
+    assert sorted(master.WORKERS) == [1001, 1002]
+    master.WORKERS[1002].flags.mark_ready()
+    master.WORKERS[1002].flags.ask_for_replacement()
+    overlap.update(stopping=False)
+    assert master.sigterms == [1001]
+    assert sorted(master.WORKERS) == [1001, 1002, 1003]  # 1002's replacement
+    del master.WORKERS[1001]
+    master.WORKERS[1003].flags.mark_ready()
+    overlap.update(stopping=False)
+    assert master.sigterms == [1001, 1002]
+    assert sorted(master.WORKERS) == [1002, 1003]
+    assert not [line for kind, line in master.log.lines if kind == "warning"]
+
+
 def test_a_replacement_not_ready_in_time_lets_the_old_worker_stop_with_a_warning() -> None:
     master = _Master(1)
     overlap = _overlap(master, timeout=0.001)

@@ -13,7 +13,8 @@ serving: not the ones that asked, nor the ones sent a SIGTERM of their own
 configured number (gunicorn's ``manage_workers``, which counts every worker
 still there, would not), makes the workers that asked the oldest (so that
 gunicorn, one worker over, picks them to stop) and holds gunicorn's SIGTERMs
-to them. Once as many of the others are ready as configured, or
+to them. Once as many other workers as configured are ready and serving
+(workers that asked included: they serve until they get their SIGTERM), or
 ``recycle_ready_timeout`` after a worker asked, that worker gets the SIGTERM
 and runs its sequence with reason ``recycle``.
 
@@ -111,21 +112,29 @@ class RecycleOverlap:
             )
         if not waiting:
             return
-        ready = [pid for pid in staying if _ready(workers.get(pid))]
-        if len(ready) >= self.server.num_workers:
-            for pid in waiting:
+        # Those that asked still serve, so they count as well: a replacement
+        # that reached max_requests before the master saw it ready (a small
+        # max_requests under load) must not keep its own recycler waiting.
+        serving = {
+            pid
+            for pid in workers
+            if pid not in self._released and pid not in self._stopping and _ready(workers[pid])
+        }
+        for pid in sorted(waiting, key=self._asked.__getitem__):
+            others = len(serving - {pid})
+            if others >= self.server.num_workers:
+                serving.discard(pid)
                 self._release(pid)
-            return
-        for pid in waiting:
-            if now >= self._asked[pid] + timeout:
+            elif now >= self._asked[pid] + timeout:
                 self._log.warning(
                     "graceful_gunicorn: %d of %d worker(s) ready after "
                     "recycle_ready_timeout=%gs; worker %s, at max_requests, stops anyway",
-                    len(ready),
+                    others,
                     self.server.num_workers,
                     timeout,
                     pid,
                 )
+                serving.discard(pid)
                 self._release(pid)
 
     def _release(self, pid: int) -> None:
