@@ -1,9 +1,9 @@
 """Rolling restarts behind a real HAProxy under steady keep-alive load (SPEC section 4).
 
 Two gunicorn servers run the example app behind HAProxy, which health-checks
-each one every 300 ms. Each server in turn gets SIGTERM and is started again,
-twice, while 16 keep-alive clients send requests through HAProxy. The same
-scenario runs with plain gunicorn to show the failures graceful_gunicorn
+each one every 300 ms. Each server in turn gets SIGTERM and is started again
+(a rolling deploy) while 16 keep-alive clients send requests through HAProxy.
+The same scenario runs with plain gunicorn to show the failures graceful_gunicorn
 avoids; only 127.0.0.1 is used and the load is bounded in time and count.
 
 A server counts as down when it says so (the readiness path's 503) or refuses
@@ -58,39 +58,38 @@ def rolling_restarts(
     try:
         haproxy.start()
         load = Load(haproxy.port, "/", connections=16, max_seconds=90).start()
-        for _ in range(2):
-            for i in range(2):
-                other = 1 - i
-                changes = haproxy.state_changes(i)
-                assert changes[-1:] != ["DOWN"], f"{mode}: s{i} is down before its restart"
-                downs, ups = changes.count("DOWN"), changes.count("UP")
-                other_downs = len(down_reasons(haproxy, other))
-                servers[i].signal(signal.SIGTERM)
-                if graceful:
-                    wait_until(
-                        lambda i=i, n=downs: haproxy.state_changes(i).count("DOWN") > n,
-                        SHUTDOWN_DELAY + 5,
-                        f"haproxy to mark s{i} down",
-                    )
-                    assert servers[i].process is not None
-                    if servers[i].process.poll() is not None:
-                        problems.append(f"s{i} stopped before haproxy marked it down")
-                servers[i].wait_exit(30)
+        for i in range(2):
+            other = 1 - i
+            changes = haproxy.state_changes(i)
+            assert changes[-1:] != ["DOWN"], f"{mode}: s{i} is down before its restart"
+            downs, ups = changes.count("DOWN"), changes.count("UP")
+            other_downs = len(down_reasons(haproxy, other))
+            servers[i].signal(signal.SIGTERM)
+            if graceful:
                 wait_until(
                     lambda i=i, n=downs: haproxy.state_changes(i).count("DOWN") > n,
-                    10,
-                    f"haproxy to see s{i} down",
+                    SHUTDOWN_DELAY + 5,
+                    f"haproxy to mark s{i} down",
                 )
-                servers[i] = gunicorn(args, env, port=ports[i]).wait_ready(workers=2, path="/")
-                wait_until(
-                    lambda i=i, n=ups: haproxy.state_changes(i).count("UP") > n,
-                    10,
-                    f"haproxy to mark s{i} up again",
-                )
-                # The other server served alone meanwhile: had HAProxy marked it
-                # down too, it had no server for a while and answered 503.
-                also_down = down_reasons(haproxy, other)[other_downs:]
-                assert not also_down, f"{mode}: haproxy marked s{other} down too: {also_down}"
+                assert servers[i].process is not None
+                if servers[i].process.poll() is not None:
+                    problems.append(f"s{i} stopped before haproxy marked it down")
+            servers[i].wait_exit(30)
+            wait_until(
+                lambda i=i, n=downs: haproxy.state_changes(i).count("DOWN") > n,
+                10,
+                f"haproxy to see s{i} down",
+            )
+            servers[i] = gunicorn(args, env, port=ports[i]).wait_ready(workers=2, path="/")
+            wait_until(
+                lambda i=i, n=ups: haproxy.state_changes(i).count("UP") > n,
+                10,
+                f"haproxy to mark s{i} up again",
+            )
+            # The other server served alone meanwhile: had HAProxy marked it
+            # down too, it had no server for a while and answered 503.
+            also_down = down_reasons(haproxy, other)[other_downs:]
+            assert not also_down, f"{mode}: haproxy marked s{other} down too: {also_down}"
         result = load.stop()
     finally:
         haproxy.stop()
@@ -102,7 +101,7 @@ def test_rolling_restarts_behind_haproxy_fail_no_request(
     gunicorn: Callable[..., Gunicorn], tmp_path: Path, worker_class: str
 ) -> None:
     """1. HAProxy over two servers, 16 keep-alive clients 2. each server gets
-    SIGTERM and is started again, twice (with graceful_gunicorn, then plain).
+    SIGTERM and is started again, in turn (with graceful_gunicorn, then plain).
 
     Result: with graceful_gunicorn no request fails and HAProxy marks each
     server down before it stops; plain gunicorn's figures are reported.

@@ -5,9 +5,9 @@ Two gunicorn servers run the example app behind nginx configured by
 timeout http_502 http_503``, ``max_fails=1 fail_timeout=2s``). nginx has no
 health checks and never resends a ``POST`` that reached a server, so every
 request that a stopping server loses is a client's error. Each server in turn
-gets SIGTERM and is started again, twice, while 16 clients send POSTs (each
-acknowledges a write); the same scenario runs with plain gunicorn. Only
-127.0.0.1 is used and the load is bounded in time and count.
+gets SIGTERM and is started again (a rolling deploy) while 16 clients send
+POSTs (each acknowledges a write); the same scenario runs with plain gunicorn.
+Only 127.0.0.1 is used and the load is bounded in time and count.
 """
 
 from __future__ import annotations
@@ -63,19 +63,18 @@ def rolling_restarts(
         load = Load(nginx.port, "/items", connections=16, max_seconds=120, method="POST")
         load.start()
         wait_until(lambda: load.result.sent >= 200, 20, "the load to run")
-        for _ in range(2):
-            for i in range(2):
-                servers[i].signal(signal.SIGTERM)
-                servers[i].wait_exit(30)
-                servers[i] = gunicorn(args, env, port=ports[i]).wait_ready(workers=2, path="/")
-                # nginx took it out for fail_timeout on its first refused connection:
-                # it is back once nginx sent it requests again.
-                served = _served_by(nginx, ports[i])
-                wait_until(
-                    lambda i=i, n=served: _served_by(nginx, ports[i]) > n + 20,
-                    15,
-                    f"nginx to send s{i} requests again",
-                )
+        for i in range(2):
+            servers[i].signal(signal.SIGTERM)
+            servers[i].wait_exit(30)
+            servers[i] = gunicorn(args, env, port=ports[i]).wait_ready(workers=2, path="/")
+            # nginx took it out for fail_timeout on its first refused connection:
+            # it is back once nginx sent it requests again.
+            served = _served_by(nginx, ports[i])
+            wait_until(
+                lambda i=i, n=served: _served_by(nginx, ports[i]) > n + 20,
+                15,
+                f"nginx to send s{i} requests again",
+            )
         result = load.stop()
     finally:
         nginx.stop()
@@ -90,7 +89,7 @@ def test_rolling_restarts_behind_nginx_lose_no_post(
     gunicorn: Callable[..., Gunicorn], tmp_path: Path, worker_class: str
 ) -> None:
     """1. nginx over two servers (example_app/nginx.conf), 16 kept-alive clients
-    sending POSTs 2. each server gets SIGTERM and is started again, twice
+    sending POSTs 2. each server in turn gets SIGTERM and is started again
     (graceful_gunicorn, then plain gunicorn).
 
     Result: with graceful_gunicorn no request fails and every acknowledged
@@ -118,6 +117,6 @@ def test_rolling_restarts_behind_nginx_lose_no_post(
         },
     }
     print("nginx rolling restarts:", json.dumps(figures))
-    assert graceful.sent > 1000, "the load must run through the restarts"
+    assert graceful.sent > 500, "the load must run through the restarts"
     assert (graceful.failed, dict(graceful.errors)) == (0, {})
     assert graceful_stored == graceful.sent

@@ -341,6 +341,9 @@ def test_reloads_and_recycling_under_load_fail_no_request(
     assert failures["reload"][1:] == (0, {})
     assert failures["recycle"][1:] == (0, {})
     assert {e["reason"] for e in recycled()} == {"recycle"}
+    # Each recycle ended once its replacement was ready, never at the timeout
+    # (a replacement at max_requests before the master saw it ready once held it).
+    assert "stops anyway" not in recycler.log()
 
 
 def test_steady_traffic_does_not_hold_a_stopping_sync_worker(

@@ -22,9 +22,10 @@ def test_an_orphaned_worker_runs_its_callbacks_to_the_end(
     slow callback to its end and after_shutdown, then exits. On gevent, gunicorn's
     heartbeat used to sys.exit() in the middle of the callback.
     """
-    server = gunicorn(
-        [*GRACEFUL, *worker_args(worker_class, workers=1), APP], {"MISBEHAVE": "slow_quick"}
-    )
+    # gunicorn's sync worker looks at its parent between waits of half its
+    # --timeout (workers/sync.py run_for_one): 15 s at the default 30.
+    args = [*GRACEFUL, *worker_args(worker_class, workers=1), "--timeout", "6", APP]
+    server = gunicorn(args, {"MISBEHAVE": "slow_quick"})
     server.wait_ready(workers=1)
     (worker,) = server.worker_pids()
     server.signal(signal.SIGKILL)

@@ -20,9 +20,9 @@ from .scenarios import GRACEFUL, running_children, worker_args
 from .server import Gunicorn, http_get, wait_until
 
 SLOW_APP = "tests.apps.slow_boot_app:app"
-BOOT_SECONDS = 3.0
+BOOT_SECONDS = 2.0
 #: Each worker's share of the paced load below: a few seconds of it.
-MAX_REQUESTS = 1500
+MAX_REQUESTS = 700
 #: Each client waits this long after a response (a paced load: see Load).
 PAUSE = 0.01
 #: The two first workers and their replacements recycle: every slot twice.
@@ -82,7 +82,7 @@ def _recycle_under_load(server: Gunicorn) -> tuple[LoadResult, int]:
 def test_a_recycling_worker_serves_until_its_replacement_is_ready(
     gunicorn: Callable[..., Gunicorn], worker_class: str
 ) -> None:
-    """1. an app that imports for 3 s, 2 workers, max_requests without jitter,
+    """1. an app that imports for 2 s, 2 workers, max_requests without jitter,
     8 keep-alive clients 2. until every worker recycled twice.
 
     Result: graceful_gunicorn fails no request and none takes a second: a worker
@@ -120,7 +120,7 @@ def test_a_recycling_worker_serves_until_its_replacement_is_ready(
             assert len(replacements) <= len(recyclers)
     (plain, plain_most), (graceful, graceful_most) = results["plain"], results["graceful"]
     print(
-        f"{worker_class} recycles of a 3 s boot: plain {plain.figures()}, at most "
+        f"{worker_class} recycles of a {BOOT_SECONDS:g} s boot: plain {plain.figures()}, at most "
         f"{plain_most} workers; graceful {graceful.figures()}, at most {graceful_most} workers"
     )
     assert graceful.failed == 0, graceful.errors
