@@ -73,7 +73,7 @@ class RecycleOverlap:
 
     def update(self, *, stopping: bool) -> None:
         """On each turn of the master's loop: fork what is missing, and release the
-        workers that asked once enough others are ready (``stopping``: the server
+        workers that asked once enough other workers serve (``stopping``: the server
         is going away; nothing is forked or released)."""
         workers = self.server.WORKERS
         for gone in [pid for pid in self._asked if pid not in workers]:
