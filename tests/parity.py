@@ -25,7 +25,7 @@ returns one :class:`Outcome` per request it sent (and per probe it made)::
     with Parity(tmp_path) as parity:
         parity.run(in_flight, ["-k", "sync", "-w", "1"], workers=1)
 
-Both sides' figures are printed with a ``[parity]`` prefix (``pytest -s``)
+Both sides' figures are printed with a ``[parity]`` prefix (``pytest -n 0 -s``)
 and are part of the assertion message. The clients here (:class:`Requests`,
 :class:`KeepAliveLoad`, :func:`read_response`) turn what they saw into
 outcomes; every wait is bounded.
@@ -163,7 +163,7 @@ def _test_id() -> str:
 
 
 def note(server: Gunicorn, text: str) -> None:
-    """Print a scenario's own figure for the record, with its side (``pytest -s``)."""
+    """Print a scenario's own figure for the record, with its side (``pytest -n 0 -s``)."""
     side = "graceful" if server.graceful else "plain"
     print(f"[parity] {_test_id()}: {side:<8} {text}")
 

@@ -123,6 +123,6 @@ def process_gone(pid: int) -> bool:
 
 
 def print_figure(what: str, seconds: float) -> None:
-    """Print a measured time for the record (shown with ``pytest -s``)."""
+    """Print a measured time for the record (shown with ``pytest -n 0 -s``)."""
     test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
     print(f"[figure] {test}: {what} {seconds:.2f}s")

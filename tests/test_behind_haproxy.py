@@ -28,6 +28,9 @@ from .load import Load, LoadResult
 from .scenarios import GRACEFUL, worker_args
 from .server import Gunicorn, free_port, wait_until
 
+#: Load scenarios run one at a time (pyproject.toml, addopts).
+pytestmark = pytest.mark.xdist_group("load")
+
 READY = "/-/ready"
 SHUTDOWN_DELAY = 2
 

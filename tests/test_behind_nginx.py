@@ -27,6 +27,9 @@ from .nginx import Nginx
 from .scenarios import GRACEFUL, worker_args
 from .server import Gunicorn, free_port, wait_until
 
+#: Load scenarios run one at a time (pyproject.toml, addopts).
+pytestmark = pytest.mark.xdist_group("load")
+
 READY = "/-/ready"
 SHUTDOWN_DELAY = 2
 

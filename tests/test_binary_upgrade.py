@@ -22,6 +22,9 @@ from .load import Load, LoadResult
 from .scenarios import GRACEFUL, running_children, worker_args
 from .server import Gunicorn, http_get, process_gone, wait_until
 
+#: Load scenarios run one at a time (pyproject.toml, addopts).
+pytestmark = pytest.mark.xdist_group("load")
+
 SLOW_APP = "tests.apps.slow_boot_app:app"
 #: gunicorn's console script beside this Python (see GunicornServer's ``command``).
 CONSOLE_SCRIPT = [str(Path(sys.executable).with_name("gunicorn"))]

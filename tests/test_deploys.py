@@ -17,6 +17,9 @@ from .load import Load
 from .scenarios import APP, GRACEFUL, worker_args
 from .server import Gunicorn, http_get, wait_until
 
+#: Load scenarios run one at a time (pyproject.toml, addopts).
+pytestmark = pytest.mark.xdist_group("load")
+
 READY = "/-/ready"
 
 

@@ -6,7 +6,7 @@ an app with six shutdown callbacks, none with a ``timeout=``
 (tests/apps/parity_app.py), and asserts that graceful_gunicorn completes at
 least as many requests, fails none where plain gunicorn fails none, and
 answers no request with anything else where plain gunicorn answers 200.
-``pytest -s`` prints both sides' figures (``[parity]`` lines).
+``pytest -n 0 -s`` prints both sides' figures (``[parity]`` lines).
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ from .parity import (
     read_until_closed,
 )
 from .server import Gunicorn, process_gone, wait_until
+
+#: Load scenarios run one at a time (pyproject.toml, addopts).
+pytestmark = pytest.mark.xdist_group("load")
 
 #: gunicorn's default graceful_timeout: a stop ends within it (plus the master's exit).
 STOP_TIMEOUT = 30 + 10

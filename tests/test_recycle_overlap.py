@@ -49,8 +49,15 @@ class _Master:
         return pid
 
 
-def _overlap(master: _Master, timeout: float = 30.0) -> RecycleOverlap:
-    return RecycleOverlap(master, lambda: timeout, master.sigterms.append)  # type: ignore[arg-type]
+def _overlap(
+    master: _Master, timeout: float = 30.0, retiring: frozenset[int] = frozenset()
+) -> RecycleOverlap:
+    return RecycleOverlap(
+        master,  # type: ignore[arg-type]
+        lambda: timeout,
+        master.sigterms.append,
+        retiring.__contains__,
+    )
 
 
 def test_a_worker_at_max_requests_is_replaced_once_and_stops_once_it_is_ready() -> None:
@@ -166,7 +173,7 @@ def test_during_a_reload_the_new_workers_are_the_replacements() -> None:
     master = _Master(2)
     master.spawn_worker(), master.spawn_worker()  # the reload's new workers
     master.num_workers = 2
-    overlap = _overlap(master)
+    overlap = _overlap(master, retiring=frozenset({1001, 1002}))
     master.WORKERS[1001].flags.mark_ready()
     master.WORKERS[1002].flags.mark_ready()
     master.WORKERS[1001].flags.ask_for_replacement()
@@ -174,7 +181,10 @@ def test_during_a_reload_the_new_workers_are_the_replacements() -> None:
     assert sorted(master.WORKERS) == [1001, 1002, 1003, 1004]
     master.WORKERS[1003].flags.mark_ready()
     overlap.update(stopping=False)
-    assert master.sigterms == [1001]  # 1002 and 1003 serve
+    assert master.sigterms == []  # 1002 retires with the gate: it does not count
+    master.WORKERS[1004].flags.mark_ready()
+    overlap.update(stopping=False)
+    assert master.sigterms == [1001]  # 1003 and 1004 serve
 
 
 def test_a_worker_sent_its_own_sigterm_is_not_counted() -> None:
@@ -205,3 +215,28 @@ def test_while_the_server_goes_away_a_worker_at_max_requests_serves_on_alone() -
     assert sorted(master.WORKERS) == [1001, 1002]
     assert master.sigterms == []
     assert overlap.holds(1001)  # the master's kill_workers is not held (master.py)
+
+
+def test_a_new_worker_at_max_requests_while_the_gate_holds_gets_its_replacement() -> None:
+    """The old workers the reload gate holds are about to stop: they do not stand
+    in for a new worker at max_requests, which waits for a replacement of its own
+    (else it would stop at once, and gunicorn, one worker over, would keep an old one)."""
+    master = _Master(2)
+    master.spawn_worker(), master.spawn_worker()  # the reload's new workers
+    overlap = _overlap(master, retiring=frozenset({1001, 1002}))
+    for pid in (1001, 1002, 1003, 1004):
+        master.WORKERS[pid].flags.mark_ready()
+    master.WORKERS[1003].flags.ask_for_replacement()
+    overlap.update(stopping=False)
+    assert sorted(master.WORKERS) == [1001, 1002, 1003, 1004, 1005]
+    assert master.sigterms == []  # 1001 and 1002 do not count: they retire
+    master.WORKERS[1005].flags.mark_ready()
+    overlap.update(stopping=False)
+    assert master.sigterms == [1003]  # 1004 and 1005 serve
+
+
+def test_a_worker_gunicorn_is_stopping_does_not_serve_on() -> None:
+    master = _Master(2)
+    overlap = _overlap(master)
+    overlap.note_sigterm(1001)
+    assert not overlap.serves_on(1001) and overlap.serves_on(1002)

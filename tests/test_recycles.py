@@ -19,10 +19,13 @@ from .load import Load, LoadResult
 from .scenarios import GRACEFUL, running_children, worker_args
 from .server import Gunicorn, http_get, wait_until
 
+#: Load scenarios run one at a time (pyproject.toml, addopts).
+pytestmark = pytest.mark.xdist_group("load")
+
 SLOW_APP = "tests.apps.slow_boot_app:app"
-BOOT_SECONDS = 2.0
-#: Each worker's share of the paced load below: a few seconds of it.
-MAX_REQUESTS = 700
+BOOT_SECONDS = 3.0
+#: Each worker's share of the paced load below: about a second of it.
+MAX_REQUESTS = 500
 #: Each client waits this long after a response (a paced load: see Load).
 PAUSE = 0.01
 #: The two first workers and their replacements recycle: every slot twice.
@@ -82,7 +85,7 @@ def _recycle_under_load(server: Gunicorn) -> tuple[LoadResult, int]:
 def test_a_recycling_worker_serves_until_its_replacement_is_ready(
     gunicorn: Callable[..., Gunicorn], worker_class: str
 ) -> None:
-    """1. an app that imports for 2 s, 2 workers, max_requests without jitter,
+    """1. an app that imports for 3 s, 2 workers, max_requests without jitter,
     8 keep-alive clients 2. until every worker recycled twice.
 
     Result: graceful_gunicorn fails no request and none takes a second: a worker

@@ -86,6 +86,7 @@ class MasterStop:
             server,
             lambda: self._settings().recycle_ready_timeout,
             lambda pid: self._kill_worker(pid, signal.SIGTERM),
+            self._retires,
         )
 
     @classmethod
@@ -205,6 +206,7 @@ class MasterStop:
             self.state,
             self.state.generation,
             lambda: self._settings().reload_ready_timeout,
+            self.recycles.serves_on,
         )
         self._reload_wait_ended = False
         self._in_reload = True
@@ -212,6 +214,10 @@ class MasterStop:
             self._hup()
         finally:
             self._in_reload = False
+
+    def _retires(self, pid: int) -> bool:
+        gate = self.reload_gate
+        return gate is not None and gate.retires(pid)
 
     def _update_reload_gate(self) -> None:
         gate = self.reload_gate
@@ -228,9 +234,11 @@ class MasterStop:
             self._begin(master_state.STOP_TERMINATE, self._term)
         if self.reload_gate is not None and not self._in_reload:
             self.reload_gate.next_turn()
-        self._update_reload_gate()  # gunicorn's manage_workers comes next in its loop
         if not self._in_reload:
+            # Before the gate: on the turn it opens, the old workers it held get
+            # their SIGTERMs only in manage_workers, and must not count as staying.
             self.recycles.update(stopping=self.delay_until is not None or self._stopping)
+        self._update_reload_gate()  # gunicorn's manage_workers comes next in its loop
         self._murder_workers()
 
     def reap_workers(self) -> None:

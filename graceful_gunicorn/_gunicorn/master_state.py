@@ -43,15 +43,12 @@ _ESCALATED = _RELAYED_AT + _RELAYED.size
 _RELAYS = _ESCALATED + 1
 _FIRST_QUICK = _RELAYS + 1
 # Then the reload gate (reload_gate.py): the generation whose readiness holds the
-# old workers (0: none), the newest generation with a ready worker and how many of
-# its workers are ready, the newest generation one of whose workers began to log
+# old workers (0: none), the newest generation one of whose workers began to log
 # its failure to boot, and the newest generation whose workers failed to boot.
+# (Which workers are ready, each says in its own flags: worker_flags.py.)
 _GENERATION = struct.Struct("<Q")
 _GATE_AT = _FIRST_QUICK + 1
-_READY_GENERATION_AT = _GATE_AT + _GENERATION.size
-_READY_COUNT = struct.Struct("<H")
-_READY_COUNT_AT = _READY_GENERATION_AT + _GENERATION.size
-_CLAIMED_GENERATION_AT = _READY_COUNT_AT + _READY_COUNT.size
+_CLAIMED_GENERATION_AT = _GATE_AT + _GENERATION.size
 _FAILED_GENERATION_AT = _CLAIMED_GENERATION_AT + _GENERATION.size
 # Then one byte: the master's listeners end with its graceful stop (listeners.py).
 _LISTENERS_DIE = _FAILED_GENERATION_AT + _GENERATION.size
@@ -174,25 +171,6 @@ class MasterState:
     def reload_gate(self) -> int:
         """The generation whose readiness the old workers wait for (0: none)."""
         return self._generation_at(_GATE_AT)
-
-    def mark_ready(self, generation: int) -> None:
-        """From a worker of ``generation``: it loaded the app and is about to serve."""
-        with self._locked():
-            ready_generation = self._generation_at(_READY_GENERATION_AT)
-            if generation < ready_generation:
-                return
-            count = _READY_COUNT.unpack_from(self._map, _READY_COUNT_AT)[0]
-            count = count + 1 if generation == ready_generation else 1
-            # The count first: the master reads without the lock, and a new
-            # generation must never show the previous one's count.
-            _READY_COUNT.pack_into(self._map, _READY_COUNT_AT, min(count, 0xFFFF))
-            _GENERATION.pack_into(self._map, _READY_GENERATION_AT, generation)
-
-    def ready_in(self, generation: int) -> int:
-        """How many workers of ``generation`` became ready."""
-        if self._generation_at(_READY_GENERATION_AT) != generation:
-            return 0
-        return int(_READY_COUNT.unpack_from(self._map, _READY_COUNT_AT)[0])
 
     def claim_reload_failure(self, generation: int) -> bool:
         """From a worker of ``generation`` that could not load the app: whether it is

@@ -46,12 +46,16 @@ class RecycleOverlap:
         server: Arbiter,
         timeout: Callable[[], float],
         send_sigterm: Callable[[int], None],
+        retiring: Callable[[int], bool] = lambda pid: False,
     ) -> None:
         self.server = server
         #: ``recycle_ready_timeout``, read on each turn (a reload may change it).
         self._timeout = timeout
         #: Sends gunicorn's own SIGTERM, past :meth:`holds`.
         self._send_sigterm = send_sigterm
+        #: Whether a worker stops soon without a SIGTERM of its own yet: a
+        #: reload's old worker, held by its gate (ReloadGate.retires).
+        self._retiring = retiring
         #: The workers that asked, and when the master saw it (monotonic).
         self._asked: dict[int, float] = {}
         #: Those of them sent their SIGTERM.
@@ -66,6 +70,10 @@ class RecycleOverlap:
     def holds(self, pid: int) -> bool:
         """Whether gunicorn's SIGTERM to worker ``pid`` is this overlap's to send."""
         return pid in self._asked
+
+    def serves_on(self, pid: int) -> bool:
+        """Whether worker ``pid`` was neither released nor sent a SIGTERM of its own."""
+        return pid not in self._released and pid not in self._stopping
 
     def note_sigterm(self, pid: int) -> None:
         """The master sent worker ``pid`` alone a SIGTERM: it stops, it is not counted."""
@@ -98,7 +106,11 @@ class RecycleOverlap:
             # shutdown_delay: they serve on, with no extra worker, until the
             # server's graceful stop signals every worker (nothing holds that).
             return
-        staying = [pid for pid in workers if pid not in self._asked and pid not in self._stopping]
+        staying = [
+            pid
+            for pid in workers
+            if pid not in self._asked and pid not in self._stopping and not self._retiring(pid)
+        ]
         for _ in range(self.server.num_workers - len(staying)):
             # In the forked child this call does not return: the worker's process
             # leaves the master's loop here, as from gunicorn's own spawn_workers.
@@ -118,7 +130,7 @@ class RecycleOverlap:
         serving = {
             pid
             for pid in workers
-            if pid not in self._released and pid not in self._stopping and _ready(workers[pid])
+            if self.serves_on(pid) and not self._retiring(pid) and _ready(workers[pid])
         }
         for pid in sorted(waiting, key=self._asked.__getitem__):
             others = len(serving - {pid})

@@ -4,8 +4,8 @@ On ``SIGHUP`` gunicorn forks the new workers and sends the old ones SIGTERM at
 once, from ``manage_workers`` (arbiter.py ``reload``): while the new ones import
 the app, nobody accepts, and every client waits for that import (seconds, for an
 app with an ORM or a model to load). The gate holds those SIGTERMs until every
-new worker has loaded the app (each one says so in the shared state when it is
-about to serve), or ``reload_ready_timeout`` has passed (then with a warning);
+new worker has loaded the app (each one says so in its flags when it is about
+to serve, :mod:`.worker_flags`), or ``reload_ready_timeout`` has passed (then with a warning);
 gunicorn's loop asks again on each turn (``manage_workers``).
 
 If a new worker cannot load the app, the reload is given up: the old workers
@@ -32,6 +32,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from . import compat, master_state
+from .worker_flags import flags_of
 
 if TYPE_CHECKING:
     from gunicorn.arbiter import Arbiter
@@ -53,6 +54,7 @@ class ReloadGate:
         state: master_state.MasterState,
         generation: int,
         timeout: Callable[[], float],
+        serves_on: Callable[[int], bool],
     ) -> None:
         self.server = server
         self.state = state
@@ -61,6 +63,8 @@ class ReloadGate:
         self.started = time.monotonic()
         #: ``reload_ready_timeout``, read once gunicorn has read the reloaded config.
         self._timeout = timeout
+        #: Whether a worker is not being stopped (RecycleOverlap.serves_on).
+        self._serves_on = serves_on
         self.timeout: float | None = None
         #: ``None`` while the gate holds; ``"open"``, ``"timed out"``, ``"failed"``,
         #: ``"closed"`` (the server stops) or ``"off"`` (``reload_ready_timeout=0``) after.
@@ -115,6 +119,25 @@ class ReloadGate:
             )
         return held
 
+    def retires(self, pid: int) -> bool:
+        """Whether worker ``pid`` is an old one that stops once the gate opens."""
+        if self.outcome is not None:
+            return False
+        generation = worker_generation(self.server.WORKERS.get(pid))
+        return generation is not None and generation < self.generation
+
+    def ready(self) -> int:
+        """How many new workers loaded the app and serve on: a worker that became
+        ready and then exited, or that gunicorn is stopping (``SIGTTOU`` during the
+        reload), is not counted."""
+        return sum(
+            1
+            for pid, worker in list(self.server.WORKERS.items())
+            if worker_generation(worker) == self.generation
+            and _ready(worker)
+            and self._serves_on(pid)
+        )
+
     def update(self) -> None:
         """Look at the new workers: open the gate once they are ready, or too late."""
         self.resolve()
@@ -124,7 +147,7 @@ class ReloadGate:
         if self.state.reload_failed(self.generation):
             self._fail()
             return
-        ready = self.state.ready_in(self.generation)
+        ready = self.ready()
         if ready >= self.server.num_workers:
             self._open("open")
             self._log.info(
@@ -170,6 +193,11 @@ class ReloadGate:
             if worker_generation(worker) == self.generation:
                 with suppress(OSError):
                     self.server.kill_worker(pid, signal.SIGTERM)
+
+
+def _ready(worker: object) -> bool:
+    flags = flags_of(worker)
+    return flags is not None and flags.ready
 
 
 __all__ = ["ReloadGate", "worker_generation"]

@@ -178,10 +178,8 @@ class GracefulWorkerMixin(_Base):
             sum(len(lifecycle.callbacks(phase)) for phase in PHASES),
             apps,
         )
-        if state is not None:
-            state.mark_ready(self.generation)  # a reload's gate counts it
         if self.flags is not None:
-            self.flags.mark_ready()  # a recycle's overlap waits for it
+            self.flags.mark_ready()  # a reload's gate and a recycle's overlap wait for it
 
     def _leave_a_failed_reload(self) -> None:
         """The app cannot be loaded by a reload's new worker: exit quietly, so that
