@@ -7,6 +7,7 @@ server stops, the SIGTERM held until the replacement is ready or too late.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from graceful_gunicorn._gunicorn.recycle_overlap import RecycleOverlap
@@ -240,3 +241,36 @@ def test_a_worker_gunicorn_is_stopping_does_not_serve_on() -> None:
     overlap = _overlap(master)
     overlap.note_sigterm(1001)
     assert not overlap.serves_on(1001) and overlap.serves_on(1002)
+
+
+def test_a_new_worker_lost_while_the_gate_holds_is_replaced() -> None:
+    """gunicorn counts the old workers the gate holds, so it would not fork for a
+    new worker lost meanwhile, nor for SIGTTIN: the gate would wait its timeout and
+    leave an old worker serving the old code."""
+    master = _Master(2)
+    master.spawn_worker(), master.spawn_worker()  # the reload's new workers
+    overlap = _overlap(master, timeout=0.0, retiring=frozenset({1001, 1002}))
+    del master.WORKERS[1004]  # it crashed and gunicorn reaped it
+    overlap.update(stopping=False)
+    assert sorted(master.WORKERS) == [1001, 1002, 1003, 1005]
+    master.num_workers = 3  # SIGTTIN
+    overlap.update(stopping=False)
+    assert sorted(master.WORKERS) == [1001, 1002, 1003, 1005, 1006]
+    overlap.update(stopping=True)
+    assert master.sigterms == [] and len(master.WORKERS) == 5
+
+
+def test_an_old_worker_at_max_requests_stops_with_the_gate_not_at_its_timeout() -> None:
+    master = _Master(2)
+    master.spawn_worker(), master.spawn_worker()  # the reload's new workers
+    overlap = _overlap(master, timeout=0.001, retiring=frozenset({1001, 1002}))
+    master.WORKERS[1001].flags.mark_ready()
+    master.WORKERS[1001].flags.ask_for_replacement()
+    overlap.update(stopping=False)
+    time.sleep(0.01)  # past its recycle_ready_timeout
+    overlap.update(stopping=False)
+    assert master.sigterms == [] and sorted(master.WORKERS) == [1001, 1002, 1003, 1004]
+    master.WORKERS[1003].flags.mark_ready()
+    master.WORKERS[1004].flags.mark_ready()
+    overlap.update(stopping=False)
+    assert master.sigterms == [1001]

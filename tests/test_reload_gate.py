@@ -88,3 +88,20 @@ def test_a_new_worker_gunicorn_stops_or_that_exited_is_not_counted(state: Master
     del master.WORKERS[1004]  # it crashed and gunicorn reaped it
     gate.update()
     assert gate.outcome is None
+
+
+def test_gunicorn_asking_about_the_old_workers_does_not_open_the_gate(state: MasterState) -> None:
+    """SIGTTOU with the oldest new worker ready: in one pass gunicorn asks about the
+    old workers first, then stops that new worker. The gate opens between passes."""
+    master = _Master()
+    stopping: set[int] = set()
+    gate = _gate(master, state, stopping)
+    master.num_workers = 1
+    master.WORKERS[1003].flags.mark_ready()
+    assert gate.holds(1001) and gate.holds(1002)
+    stopping.add(1003)  # later in the same pass
+    gate.update()
+    assert gate.outcome is None
+    master.WORKERS[1004].flags.mark_ready()
+    gate.update()
+    assert gate.outcome == "open"

@@ -112,7 +112,9 @@ def make_oldest(server: Any, pid: int) -> None:
     version; see :func:`make_newest`)."""
     worker = server.WORKERS.get(pid)
     if worker is not None:
-        worker.age = min(w.age for w in server.WORKERS.values()) - 1
+        # A copy first: gunicorn < 24 reaps in its SIGCHLD handler (arbiter.py
+        # handle_chld), which may run while a generator walks the dict.
+        worker.age = min(w.age for w in list(server.WORKERS.values())) - 1
 
 
 #: gunicorn 25+ reads SIGINT/SIGQUIT while its master waits for the workers in

@@ -20,8 +20,11 @@ and runs its sequence with reason ``recycle``.
 
 So each recycling worker has one extra worker beside it, never more, and a
 worker lost meanwhile (a crash, a timeout) is replaced at once, as gunicorn
-would. None is forked once the server is going away (``shutdown_delay``): a
-worker at ``max_requests`` then serves on until the server's stop.
+would. The old workers a reload's gate holds count neither: gunicorn counts
+them, so without this a new worker lost during the gate (or added by
+``SIGTTIN``) would not be forked until the gate timed out. None is forked
+once the server is going away (``shutdown_delay``): a worker at
+``max_requests`` then serves on until the server's stop.
 """
 
 from __future__ import annotations
@@ -83,61 +86,74 @@ class RecycleOverlap:
         """On each turn of the master's loop: fork what is missing, and release the
         workers that asked once enough other workers serve (``stopping``: the server
         is going away; nothing is forked or released)."""
-        workers = self.server.WORKERS
+        # Copies: gunicorn < 24 reaps workers in its SIGCHLD handler (arbiter.py
+        # handle_chld), which may run between any two steps of this loop.
+        workers = dict(self.server.WORKERS)
         for gone in [pid for pid in self._asked if pid not in workers]:
             del self._asked[gone]
             self._released.discard(gone)
         self._stopping &= set(workers)
         now = time.monotonic()
-        for pid, worker in list(workers.items()):
+        for pid, worker in workers.items():
             flags = flags_of(worker)
             if flags is not None and flags.wants_replacement and pid not in self._asked:
                 self._asked[pid] = now
                 compat.make_oldest(self.server, pid)
-        if not self._asked:
+        # A reload's old workers, held by its gate: gunicorn counts them, so it
+        # would not replace a new worker lost meanwhile (or add one on SIGTTIN).
+        retiring = {pid for pid in workers if self._retiring(pid)}
+        if not self._asked and not retiring:
             return  # gunicorn's own count is right
         waiting = [pid for pid in self._asked if pid not in self._released]
         timeout = self._timeout()
         if timeout <= 0:
             for pid in waiting:
                 self._release(pid)
-            return
+            waiting = []
         if stopping:
             # shutdown_delay: they serve on, with no extra worker, until the
             # server's graceful stop signals every worker (nothing holds that).
             return
-        staying = [
-            pid
-            for pid in workers
-            if pid not in self._asked and pid not in self._stopping and not self._retiring(pid)
-        ]
+        # Turned off, a worker at max_requests counts until it exits, as in gunicorn.
+        leaving = self._stopping | retiring | (set(self._asked) if timeout > 0 else set())
+        staying = [pid for pid in workers if pid not in leaving]
         for _ in range(self.server.num_workers - len(staying)):
             # In the forked child this call does not return: the worker's process
             # leaves the master's loop here, as from gunicorn's own spawn_workers.
             staying.append(self.server.spawn_worker())
-            self._log.info(
-                "graceful_gunicorn: worker %s forked beside %d worker(s) at max_requests, "
-                "which serve until it is ready (at most recycle_ready_timeout=%gs)",
-                staying[-1],
-                len(waiting),
-                timeout,
-            )
+            if waiting:
+                self._log.info(
+                    "graceful_gunicorn: worker %s forked beside %d worker(s) at "
+                    "max_requests, which serve until it is ready (at most "
+                    "recycle_ready_timeout=%gs)",
+                    staying[-1],
+                    len(waiting),
+                    timeout,
+                )
+            else:
+                self._log.info(
+                    "graceful_gunicorn: reload: worker %s forked for a new worker that "
+                    "is missing; the old workers serve until the new ones are ready",
+                    staying[-1],
+                )
         if not waiting:
             return
+        workers = dict(self.server.WORKERS)
         # Those that asked still serve, so they count as well: a replacement
         # that reached max_requests before the master saw it ready (a small
         # max_requests under load) must not keep its own recycler waiting.
         serving = {
             pid
-            for pid in workers
-            if self.serves_on(pid) and not self._retiring(pid) and _ready(workers[pid])
+            for pid, worker in workers.items()
+            if self.serves_on(pid) and pid not in retiring and _ready(worker)
         }
         for pid in sorted(waiting, key=self._asked.__getitem__):
             others = len(serving - {pid})
             if others >= self.server.num_workers:
                 serving.discard(pid)
                 self._release(pid)
-            elif now >= self._asked[pid] + timeout:
+            elif now >= self._asked[pid] + timeout and pid not in retiring:
+                # (An old worker the gate holds stops with the gate, not before.)
                 self._log.warning(
                     "graceful_gunicorn: %d of %d worker(s) ready after "
                     "recycle_ready_timeout=%gs; worker %s, at max_requests, stops anyway",

@@ -102,8 +102,14 @@ class ReloadGate:
                 self._open("off")
 
     def holds(self, pid: int) -> bool:
-        """Whether a SIGTERM that gunicorn sends worker ``pid`` now must wait."""
-        self.update()
+        """Whether a SIGTERM that gunicorn sends worker ``pid`` now must wait.
+
+        The gate opens only between gunicorn's passes (:meth:`update`, from the
+        master's loop): inside one, gunicorn may yet stop the new worker that
+        would open it (``SIGTTOU``; arbiter.py ``manage_workers`` signals the
+        oldest first, the old workers before it).
+        """
+        self.resolve()
         if pid in self._kept:
             return True
         if self.outcome is not None:
