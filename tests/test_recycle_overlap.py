@@ -274,3 +274,29 @@ def test_an_old_worker_at_max_requests_stops_with_the_gate_not_at_its_timeout() 
     master.WORKERS[1004].flags.mark_ready()
     overlap.update(stopping=False)
     assert master.sigterms == [1001]
+
+
+def test_recycle_ready_timeout_counts_from_the_fork_of_the_replacement() -> None:
+    """A reload's gate held the worker at max_requests, then failed and kept it: its
+    replacement is forked only now, and has its whole recycle_ready_timeout."""
+    master = _Master(2)
+    master.spawn_worker(), master.spawn_worker()  # the reload's new workers
+    retiring = {1001, 1002}
+    overlap = RecycleOverlap(
+        master,  # type: ignore[arg-type]
+        lambda: 0.05,
+        master.sigterms.append,
+        retiring.__contains__,
+    )
+    master.WORKERS[1001].flags.mark_ready()
+    master.WORKERS[1001].flags.ask_for_replacement()
+    overlap.update(stopping=False)
+    time.sleep(0.1)  # past the timeout while the gate holds
+    retiring.clear()  # the reload failed: the old workers are kept
+    del master.WORKERS[1003], master.WORKERS[1004]  # the new ones stopped
+    overlap.update(stopping=False)
+    assert sorted(master.WORKERS) == [1001, 1002, 1005]  # its replacement, now
+    assert master.sigterms == []  # not "stops anyway" in the turn of the fork
+    time.sleep(0.1)
+    overlap.update(stopping=False)
+    assert master.sigterms == [1001]  # its own timeout, with a warning

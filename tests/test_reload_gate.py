@@ -105,3 +105,11 @@ def test_gunicorn_asking_about_the_old_workers_does_not_open_the_gate(state: Mas
     master.WORKERS[1004].flags.mark_ready()
     gate.update()
     assert gate.outcome == "open"
+
+
+def test_once_a_new_worker_failed_the_old_workers_no_longer_retire(state: MasterState) -> None:
+    master = _Master()
+    gate = _gate(master, state, set())
+    assert gate.retires(1001)
+    state.note_reload_failure(1)  # from the new worker that cannot load the app
+    assert not gate.retires(1001)

@@ -264,8 +264,12 @@ class MasterStop:
         """gunicorn 24+ reaps in its reload's wait for the old workers, reading no
         signal meanwhile: while the gate holds them, end that wait (arbiter.py
         ``reload``), so that a SIGTERM or Ctrl+C is read at once."""
+        gate = self.reload_gate
+        # Whether the gate held the SIGTERMs gunicorn's reload sent the old
+        # workers: it may open (or time out) right now, and they are still unsent.
+        held = gate is not None and gate.holding
         self._update_reload_gate()
-        if self.reload_gate is None or self._reload_wait_ended:
+        if not held or self._reload_wait_ended:
             return
         self._reload_wait_ended = True
         in_order = sorted(self.server.WORKERS.items(), key=lambda item: item[1].age)

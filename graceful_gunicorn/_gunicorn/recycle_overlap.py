@@ -65,6 +65,10 @@ class RecycleOverlap:
         self._released: set[int] = set()
         #: Workers sent a SIGTERM of their own otherwise (they stop: not counted).
         self._stopping: set[int] = set()
+        #: The workers that retired on the last turn.
+        self._retired: set[int] = set()
+        #: Those that asked whose replacement was forked (its timeout counts from then).
+        self._replaced: set[int] = set()
 
     @property
     def _log(self) -> Any:
@@ -92,6 +96,7 @@ class RecycleOverlap:
         for gone in [pid for pid in self._asked if pid not in workers]:
             del self._asked[gone]
             self._released.discard(gone)
+            self._replaced.discard(gone)
         self._stopping &= set(workers)
         now = time.monotonic()
         for pid, worker in workers.items():
@@ -102,6 +107,12 @@ class RecycleOverlap:
         # A reload's old workers, held by its gate: gunicorn counts them, so it
         # would not replace a new worker lost meanwhile (or add one on SIGTTIN).
         retiring = {pid for pid in workers if self._retiring(pid)}
+        for pid in self._retired - retiring:
+            if pid in self._asked and self.serves_on(pid):
+                # The gate kept it (a failed reload): its replacement is forked
+                # now, so recycle_ready_timeout counts from now.
+                self._asked[pid] = now
+        self._retired = retiring
         if not self._asked and not retiring:
             return  # gunicorn's own count is right
         waiting = [pid for pid in self._asked if pid not in self._released]
@@ -121,6 +132,13 @@ class RecycleOverlap:
             # In the forked child this call does not return: the worker's process
             # leaves the master's loop here, as from gunicorn's own spawn_workers.
             staying.append(self.server.spawn_worker())
+            unreplaced = [pid for pid in waiting if pid not in self._replaced]
+            if unreplaced:
+                # Forked later than it asked (a reload's gate held it): its
+                # recycle_ready_timeout counts from this fork.
+                first = min(unreplaced, key=self._asked.__getitem__)
+                self._replaced.add(first)
+                self._asked[first] = now
             if waiting:
                 self._log.info(
                     "graceful_gunicorn: worker %s forked beside %d worker(s) at "

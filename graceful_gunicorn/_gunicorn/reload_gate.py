@@ -126,8 +126,9 @@ class ReloadGate:
         return held
 
     def retires(self, pid: int) -> bool:
-        """Whether worker ``pid`` is an old one that stops once the gate opens."""
-        if self.outcome is not None:
+        """Whether worker ``pid`` is an old one that stops once the gate opens (not
+        once a new worker failed: the old ones are kept)."""
+        if self.outcome is not None or self.state.reload_failed(self.generation):
             return False
         generation = worker_generation(self.server.WORKERS.get(pid))
         return generation is not None and generation < self.generation
