@@ -8,6 +8,7 @@ server stops, the SIGTERM held until the replacement is ready or too late.
 from __future__ import annotations
 
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from graceful_gunicorn._gunicorn.recycle_overlap import RecycleOverlap
@@ -51,13 +52,19 @@ class _Master:
 
 
 def _overlap(
-    master: _Master, timeout: float = 30.0, retiring: frozenset[int] = frozenset()
+    master: _Master,
+    timeout: float = 30.0,
+    retiring: AbstractSet[int] = frozenset(),
+    kept: bool = False,
 ) -> RecycleOverlap:
+    """``retiring``: the old workers a reload's gate holds (read on each turn);
+    ``kept``: whether a failed reload keeps them."""
     return RecycleOverlap(
         master,  # type: ignore[arg-type]
         lambda: timeout,
         master.sigterms.append,
         retiring.__contains__,
+        lambda pid: kept,
     )
 
 
@@ -282,12 +289,7 @@ def test_recycle_ready_timeout_counts_from_the_fork_of_the_replacement() -> None
     master = _Master(2)
     master.spawn_worker(), master.spawn_worker()  # the reload's new workers
     retiring = {1001, 1002}
-    overlap = RecycleOverlap(
-        master,  # type: ignore[arg-type]
-        lambda: 0.05,
-        master.sigterms.append,
-        retiring.__contains__,
-    )
+    overlap = _overlap(master, timeout=0.05, retiring=retiring)
     master.WORKERS[1001].flags.mark_ready()
     master.WORKERS[1001].flags.ask_for_replacement()
     overlap.update(stopping=False)
@@ -300,3 +302,21 @@ def test_recycle_ready_timeout_counts_from_the_fork_of_the_replacement() -> None
     time.sleep(0.1)
     overlap.update(stopping=False)
     assert master.sigterms == [1001]  # its own timeout, with a warning
+
+
+def test_an_old_worker_at_max_requests_gets_more_time_only_if_a_failed_reload_keeps_it() -> None:
+    """The gate timed out: the old worker at max_requests stops now, as the
+    warning says (its recycle_ready_timeout ran during the gate). The gate failed:
+    the old workers serve on, and it has its whole timeout for a replacement."""
+    for kept, stopped in ((False, [1001]), (True, [])):
+        master = _Master(2)
+        master.spawn_worker(), master.spawn_worker()  # the reload's new workers
+        retiring = {1001, 1002}
+        overlap = _overlap(master, timeout=0.05, retiring=retiring, kept=kept)
+        master.WORKERS[1001].flags.mark_ready()
+        master.WORKERS[1001].flags.ask_for_replacement()
+        overlap.update(stopping=False)
+        time.sleep(0.1)  # past its timeout while the gate holds
+        retiring.clear()  # the gate ends; the new workers (not ready) stay
+        overlap.update(stopping=False)
+        assert master.sigterms == stopped, kept

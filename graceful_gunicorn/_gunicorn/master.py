@@ -87,6 +87,7 @@ class MasterStop:
             lambda: self._settings().recycle_ready_timeout,
             lambda pid: self._kill_worker(pid, signal.SIGTERM),
             self._retires,
+            self._kept_by_a_failed_reload,
         )
 
     @classmethod
@@ -218,6 +219,10 @@ class MasterStop:
     def _retires(self, pid: int) -> bool:
         gate = self.reload_gate
         return gate is not None and gate.retires(pid)
+
+    def _kept_by_a_failed_reload(self, pid: int) -> bool:
+        gate = self.reload_gate
+        return gate is not None and gate.keeps(pid)
 
     def _update_reload_gate(self) -> None:
         gate = self.reload_gate

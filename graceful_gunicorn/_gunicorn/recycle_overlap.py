@@ -15,8 +15,9 @@ still there, would not), makes the workers that asked the oldest (so that
 gunicorn, one worker over, picks them to stop) and holds gunicorn's SIGTERMs
 to them. Once as many other workers as configured are ready and serving
 (workers that asked included: they serve until they get their SIGTERM), or
-``recycle_ready_timeout`` after a worker asked, that worker gets the SIGTERM
-and runs its sequence with reason ``recycle``.
+``recycle_ready_timeout`` after its replacement was forked (after it asked,
+if none was), that worker gets the SIGTERM and runs its sequence with reason
+``recycle``.
 
 So each recycling worker has one extra worker beside it, never more, and a
 worker lost meanwhile (a crash, a timeout) is replaced at once, as gunicorn
@@ -50,6 +51,7 @@ class RecycleOverlap:
         timeout: Callable[[], float],
         send_sigterm: Callable[[int], None],
         retiring: Callable[[int], bool] = lambda pid: False,
+        kept: Callable[[int], bool] = lambda pid: False,
     ) -> None:
         self.server = server
         #: ``recycle_ready_timeout``, read on each turn (a reload may change it).
@@ -59,6 +61,9 @@ class RecycleOverlap:
         #: Whether a worker stops soon without a SIGTERM of its own yet: a
         #: reload's old worker, held by its gate (ReloadGate.retires).
         self._retiring = retiring
+        #: Whether a worker is an old one that a failed reload keeps serving
+        #: (ReloadGate.keeps).
+        self._kept = kept
         #: The workers that asked, and when the master saw it (monotonic).
         self._asked: dict[int, float] = {}
         #: Those of them sent their SIGTERM.
@@ -108,9 +113,10 @@ class RecycleOverlap:
         # would not replace a new worker lost meanwhile (or add one on SIGTTIN).
         retiring = {pid for pid in workers if self._retiring(pid)}
         for pid in self._retired - retiring:
-            if pid in self._asked and self.serves_on(pid):
-                # The gate kept it (a failed reload): its replacement is forked
-                # now, so recycle_ready_timeout counts from now.
+            if pid in self._asked and self.serves_on(pid) and self._kept(pid):
+                # A failed reload keeps it: its replacement is forked only now,
+                # so recycle_ready_timeout counts from now. (A gate that opened or
+                # timed out stops it: its time is not extended.)
                 self._asked[pid] = now
         self._retired = retiring
         if not self._asked and not retiring:
@@ -132,14 +138,15 @@ class RecycleOverlap:
             # In the forked child this call does not return: the worker's process
             # leaves the master's loop here, as from gunicorn's own spawn_workers.
             staying.append(self.server.spawn_worker())
-            unreplaced = [pid for pid in waiting if pid not in self._replaced]
+            # (The old workers a gate holds get no fork of their own: not them.)
+            unreplaced = [p for p in waiting if p not in self._replaced and p not in retiring]
             if unreplaced:
                 # Forked later than it asked (a reload's gate held it): its
                 # recycle_ready_timeout counts from this fork.
                 first = min(unreplaced, key=self._asked.__getitem__)
                 self._replaced.add(first)
                 self._asked[first] = now
-            if waiting:
+            if any(pid not in retiring for pid in waiting):
                 self._log.info(
                     "graceful_gunicorn: worker %s forked beside %d worker(s) at "
                     "max_requests, which serve until it is ready (at most "

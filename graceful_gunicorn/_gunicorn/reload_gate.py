@@ -133,6 +133,14 @@ class ReloadGate:
         generation = worker_generation(self.server.WORKERS.get(pid))
         return generation is not None and generation < self.generation
 
+    def keeps(self, pid: int) -> bool:
+        """Whether worker ``pid`` is an old one that serves on because a new worker
+        could not load the app."""
+        if self.outcome != "failed" and not self.state.reload_failed(self.generation):
+            return False
+        generation = worker_generation(self.server.WORKERS.get(pid))
+        return generation is not None and generation < self.generation
+
     def ready(self) -> int:
         """How many new workers loaded the app and serve on: a worker that became
         ready and then exited, or that gunicorn is stopping (``SIGTTOU`` during the
