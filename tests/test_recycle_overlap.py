@@ -289,7 +289,7 @@ def test_recycle_ready_timeout_counts_from_the_fork_of_the_replacement() -> None
     master = _Master(2)
     master.spawn_worker(), master.spawn_worker()  # the reload's new workers
     retiring = {1001, 1002}
-    overlap = _overlap(master, timeout=0.05, retiring=retiring)
+    overlap = _overlap(master, timeout=0.05, retiring=retiring, kept=True)
     master.WORKERS[1001].flags.mark_ready()
     master.WORKERS[1001].flags.ask_for_replacement()
     overlap.update(stopping=False)

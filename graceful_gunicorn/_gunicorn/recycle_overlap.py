@@ -113,11 +113,16 @@ class RecycleOverlap:
         # would not replace a new worker lost meanwhile (or add one on SIGTTIN).
         retiring = {pid for pid in workers if self._retiring(pid)}
         for pid in self._retired - retiring:
-            if pid in self._asked and self.serves_on(pid) and self._kept(pid):
+            if pid not in self._asked or pid in self._replaced or not self.serves_on(pid):
+                continue
+            if self._kept(pid):
                 # A failed reload keeps it: its replacement is forked only now,
-                # so recycle_ready_timeout counts from now. (A gate that opened or
-                # timed out stops it: its time is not extended.)
+                # so recycle_ready_timeout counts from now.
                 self._asked[pid] = now
+            else:
+                # The gate opened or timed out: the new workers replace it, and
+                # its time is not extended.
+                self._replaced.add(pid)
         self._retired = retiring
         if not self._asked and not retiring:
             return  # gunicorn's own count is right
@@ -146,13 +151,14 @@ class RecycleOverlap:
                 first = min(unreplaced, key=self._asked.__getitem__)
                 self._replaced.add(first)
                 self._asked[first] = now
-            if any(pid not in retiring for pid in waiting):
+            asking = [pid for pid in waiting if pid not in retiring]
+            if asking:
                 self._log.info(
                     "graceful_gunicorn: worker %s forked beside %d worker(s) at "
                     "max_requests, which serve until it is ready (at most "
                     "recycle_ready_timeout=%gs)",
                     staying[-1],
-                    len(waiting),
+                    len(asking),
                     timeout,
                 )
             else:
